@@ -1,0 +1,110 @@
+//! `${NAME}` templates in workspace files (DESIGN §3).
+//!
+//! `$$` is a literal `$`; a `$` not followed by `{` stays as it is; an
+//! unknown `${X}` or an unterminated `${` is an error.
+
+use thiserror::Error;
+
+/// The names a template may use, with their values for one child.
+pub const NAMES: [&str; 5] = ["PORT", "WORKSPACE", "DATA_DIR", "WORKSPACES_DIR", "MCPVISOR"];
+
+/// Values for the template names of one child.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateVars {
+    pub port: u16,
+    pub workspace: String,
+    pub data_dir: String,
+    pub workspaces_dir: String,
+    pub mcpvisor: String,
+}
+
+impl TemplateVars {
+    fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "PORT" => self.port.to_string(),
+            "WORKSPACE" => self.workspace.clone(),
+            "DATA_DIR" => self.data_dir.clone(),
+            "WORKSPACES_DIR" => self.workspaces_dir.clone(),
+            "MCPVISOR" => self.mcpvisor.clone(),
+            _ => return None,
+        })
+    }
+}
+
+/// A template that cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TemplateError {
+    #[error("unknown template ${{{0}}} (known: PORT, WORKSPACE, DATA_DIR, WORKSPACES_DIR, MCPVISOR)")]
+    Unknown(String),
+    #[error("unterminated template: \"${{\" without \"}}\"")]
+    Unterminated,
+}
+
+/// Expands every template in `input`.
+///
+/// With `vars = None` it only checks the templates, which is what validation
+/// does before a port is known.
+///
+/// # Errors
+/// The first unknown or unterminated template.
+pub fn expand(input: &str, vars: Option<&TemplateVars>) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let end = tail.find('}').ok_or(TemplateError::Unterminated)?;
+            let name = &tail[..end];
+            if !NAMES.contains(&name) {
+                return Err(TemplateError::Unknown(name.to_string()));
+            }
+            if let Some(value) = vars.and_then(|v| v.get(name)) {
+                out.push_str(&value);
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> TemplateVars {
+        TemplateVars {
+            port: 41000,
+            workspace: "dev".into(),
+            data_dir: "/s/workspaces/dev".into(),
+            workspaces_dir: "/w".into(),
+            mcpvisor: "/bin/mcpvisor".into(),
+        }
+    }
+
+    #[test]
+    fn expands_known_names() {
+        let got = expand("--port=${PORT} ${WORKSPACE}@${DATA_DIR}", Some(&vars())).unwrap();
+        assert_eq!(got, "--port=41000 dev@/s/workspaces/dev");
+    }
+
+    #[test]
+    fn dollar_rules() {
+        assert_eq!(expand("a$$b", Some(&vars())).unwrap(), "a$b");
+        assert_eq!(expand("$HOME/x $", Some(&vars())).unwrap(), "$HOME/x $");
+        assert_eq!(expand("$${PORT}", Some(&vars())).unwrap(), "${PORT}");
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(expand("${NOPE}", None), Err(TemplateError::Unknown("NOPE".into())));
+        assert_eq!(expand("${PORT", None), Err(TemplateError::Unterminated));
+    }
+}

@@ -1,0 +1,59 @@
+//! The HTTP surface of DESIGN §6: API, SSE streams, debug state, dashboard.
+//!
+//! Every handler answers from snapshots ([`crate::state::StateView`]) or
+//! queues a command to an actor without waiting on it: no handler awaits a
+//! child.
+
+mod api;
+mod dashboard;
+mod debug;
+mod error;
+mod guard;
+mod sse;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use error::ApiError;
+pub use sse::Subscribers;
+
+use crate::resources::ResourceView;
+use crate::supervisor::{Registry, SupervisorContext};
+
+/// What handlers share.
+pub struct AppState {
+    pub ctx: Arc<SupervisorContext>,
+    pub registry: Arc<Registry>,
+    /// True once every workspace file has been read and handed to its actor.
+    pub ready: Arc<AtomicBool>,
+    pub resources: Arc<ResourceView>,
+    pub subscribers: Arc<Subscribers>,
+    /// Bearer token every route but `/healthz` and `/readyz` requires.
+    pub token: Option<String>,
+    /// The host of `--listen`, accepted in `Host` and `Origin` besides loopback.
+    pub listen_host: String,
+    /// Ends open SSE streams at shutdown so the server can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Builds the router over `state`; tests drive it with `oneshot`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/api/workspaces", get(api::list))
+        .route("/api/workspaces/{name}", get(api::one))
+        .route("/api/workspaces/{name}/logs", get(api::logs))
+        .route("/api/workspaces/{name}/events", get(sse::workspace_events))
+        .route("/api/workspaces/{name}/{action}", post(api::command))
+        .route("/api/events", get(sse::all_events))
+        .route("/api/debug/state", get(debug::all))
+        .route("/api/debug/state/{component}", get(debug::component))
+        .route("/", get(dashboard::page))
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check))
+        .with_state(state)
+}

@@ -1,0 +1,194 @@
+//! mcpvisor: a workspace process manager for MCP servers.
+//!
+//! [`serve`] runs the daemon: it binds the HTTP listener first, then
+//! reconciles `workspaces/*.json` into one supervised child per workspace.
+//! See ARCHITECTURE.md for the map and DESIGN.md for the contract.
+
+pub mod cli;
+pub mod config;
+pub mod demo_server;
+mod fsutil;
+pub mod http;
+mod lock;
+pub mod ports;
+pub mod process;
+pub mod resources;
+pub mod state;
+pub mod supervisor;
+
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::http::{AppState, Subscribers};
+use crate::ports::PortAllocator;
+use crate::process::{LaunchContext, LocalLauncher};
+use crate::resources::ResourceView;
+use crate::state::{EventBus, StateView, DEFAULT_RING_CAPACITY};
+use crate::supervisor::{Manager, Registry, SupervisorContext};
+
+/// How the daemon runs; the flags of `mcpvisor serve`.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub workspaces_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// `127.0.0.1:7700` by default; port 0 picks a free one (tests).
+    pub listen: SocketAddr,
+    pub port_range: RangeInclusive<u16>,
+    pub token: Option<String>,
+    /// The executable `${MCPVISOR}` names.
+    pub mcpvisor_exe: PathBuf,
+    /// Full rescans of the workspaces folder besides watcher events.
+    pub rescan_every: Duration,
+    /// How often child resources are sampled.
+    pub sample_every: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults of DESIGN §2 for the given folders.
+    pub fn new(workspaces_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> ServeConfig {
+        ServeConfig {
+            workspaces_dir: workspaces_dir.into(),
+            state_dir: state_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            port_range: 41000..=41999,
+            token: None,
+            mcpvisor_exe: std::env::current_exe().unwrap_or_else(|_| "mcpvisor".into()),
+            rescan_every: Duration::from_secs(2),
+            sample_every: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the daemon could not start. Each is one clear line.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("listen address {addr} is taken: {source}")]
+    AddrInUse { addr: SocketAddr, source: std::io::Error },
+    #[error("state folder {} is locked by another mcpvisor{}", .dir.display(), .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error("refusing to listen on non-loopback {0} without --token")]
+    NoToken(SocketAddr),
+    #[error("{what} {}: {source}", .path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+/// A started daemon.
+pub struct Running {
+    /// The address the HTTP server listens on.
+    pub addr: SocketAddr,
+    /// Resolves once the daemon has shut down and every child is gone.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// Runs the daemon until `shutdown` fires, then stops every child.
+///
+/// # Errors
+/// See [`ServeError`]; once serving, the daemon does not fail.
+pub async fn serve(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let running = start(config, shutdown).await?;
+    let _ = running.done.await;
+    Ok(())
+}
+
+fn absolute(path: &Path, what: &'static str) -> Result<PathBuf, ServeError> {
+    std::path::absolute(path).map_err(|source| ServeError::Io { what, path: path.to_path_buf(), source })
+}
+
+/// Starts the daemon and returns once it listens: the HTTP server accepts
+/// before the first workspace is even read (DESIGN §1).
+///
+/// # Errors
+/// The listen address is taken, the state folder is locked or unusable, or
+/// a non-loopback address has no token.
+pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<Running, ServeError> {
+    if !config.listen.ip().is_loopback() && config.token.is_none() {
+        return Err(ServeError::NoToken(config.listen));
+    }
+    let state_dir = absolute(&config.state_dir, "state folder")?;
+    let workspaces_dir = absolute(&config.workspaces_dir, "workspaces folder")?;
+    std::fs::create_dir_all(&state_dir).map_err(|source| ServeError::Io { what: "creating state folder", path: state_dir.clone(), source })?;
+    let lock = lock::StateLock::acquire(&state_dir)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::AddrInUse { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::AddrInUse { addr: config.listen, source })?;
+
+    let view = Arc::new(StateView::new());
+    let bus = EventBus::new(view, DEFAULT_RING_CAPACITY);
+    let ctx = Arc::new(SupervisorContext {
+        launcher: Arc::new(LocalLauncher),
+        ports: PortAllocator::load(&state_dir, config.port_range.clone()),
+        bus: bus.clone(),
+        launch: LaunchContext {
+            workspaces_dir: workspaces_dir.clone(),
+            state_dir: state_dir.clone(),
+            mcpvisor_exe: config.mcpvisor_exe.clone(),
+        },
+        http: reqwest::Client::builder().no_proxy().build().expect("http client builds"),
+    });
+    let registry = Arc::new(Registry::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let resources = Arc::new(ResourceView::default());
+    let tracker = TaskTracker::new();
+    let actors_cancel = CancellationToken::new();
+
+    let app = Arc::new(AppState {
+        ctx: ctx.clone(),
+        registry: registry.clone(),
+        ready: ready.clone(),
+        resources: resources.clone(),
+        subscribers: Arc::new(Subscribers::default()),
+        token: config.token.clone(),
+        listen_host: config.listen.ip().to_string(),
+        shutdown: shutdown.clone(),
+    });
+    let server = axum::serve(
+        listener,
+        http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("http server: {e}");
+        }
+    });
+    tracing::info!(%addr, workspaces = %workspaces_dir.display(), state = %state_dir.display(), "serving");
+
+    // Only now, with the listener accepting, are workspaces read and spawned.
+    let (changes_tx, changes) = mpsc::channel(1);
+    let watcher = match config::ConfigWatcher::start(&workspaces_dir, changes_tx, registry.watch_error.clone()) {
+        Ok(watcher) => Some(watcher),
+        Err(e) => {
+            tracing::error!("cannot watch {}: {e}; relying on periodic rescans", workspaces_dir.display());
+            *registry.watch_error.write().unwrap() = Some(e.to_string());
+            None
+        }
+    };
+    let manager = Manager::new(ctx.clone(), registry, workspaces_dir, ready, actors_cancel.clone(), tracker.clone(), config.rescan_every, watcher);
+    let manager = tracker.spawn(manager.run(changes));
+    tracker.spawn(resources::run_sampler(bus, resources, config.sample_every, actors_cancel.clone()));
+
+    let done = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: stopping every child");
+        actors_cancel.cancel();
+        let _ = manager.await;
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(60), tracker.wait()).await.is_err() {
+            tracing::error!("some workspaces did not stop within 60 s");
+        }
+        let _ = server.await;
+        drop(lock);
+        tracing::info!("stopped");
+    });
+    Ok(Running { addr, done })
+}

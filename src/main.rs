@@ -1,0 +1,99 @@
+//! The `mcpvisor` binary: parses flags, sets up logging and shutdown, and
+//! hands over to the library.
+
+use clap::Parser;
+use mcpvisor::cli::{self, Cli, CliCommand, DemoTransport, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+fn main() {
+    let cli = Cli::parse();
+    std::process::exit(match cli.command {
+        CliCommand::Validate { paths } => cli::validate(&paths),
+        CliCommand::DemoServer { port, transport } => demo_server(port, transport),
+        CliCommand::Serve { workspaces, state, listen, port_range, token, log_format } => {
+            init_tracing(log_format);
+            let mut config = mcpvisor::ServeConfig::new(workspaces, state);
+            config.listen = listen;
+            config.port_range = port_range.0..=port_range.1;
+            config.token = token;
+            runtime(true).block_on(serve(config))
+        }
+        client => runtime(true).block_on(run_client(client)),
+    });
+}
+
+fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().expect("tokio runtime starts")
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCPVISOR_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: mcpvisor::ServeConfig) -> i32 {
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        on_signal.cancel();
+    });
+    match mcpvisor::serve(config, shutdown).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mcpvisor: {e}");
+            1
+        }
+    }
+}
+
+/// The demo server runs on one thread so its `hang` tool freezes it whole.
+fn demo_server(port: u16, transport: DemoTransport) -> i32 {
+    let result = runtime(false).block_on(async {
+        match transport {
+            DemoTransport::StreamableHttp => mcpvisor::demo_server::serve_http(port).await.map_err(Into::into),
+            DemoTransport::Stdio => mcpvisor::demo_server::serve_stdio().await,
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mcpvisor demo-server: {e}");
+            1
+        }
+    }
+}
+
+async fn run_client(command: CliCommand) -> i32 {
+    let result = match command {
+        CliCommand::Status { url, json } => cli::status(&url, json).await,
+        CliCommand::Watch { workspace, url, json } => cli::watch(&url, workspace.as_deref(), json).await,
+        CliCommand::Logs { workspace, lines, url } => cli::logs(&url, &workspace, lines).await,
+        CliCommand::Start { workspace, url } => cli::command(&url, &workspace, "start").await,
+        CliCommand::Stop { workspace, url } => cli::command(&url, &workspace, "stop").await,
+        CliCommand::Restart { workspace, url } => cli::command(&url, &workspace, "restart").await,
+        _ => unreachable!("handled in main"),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mcpvisor: {e}");
+            e.exit_code()
+        }
+    }
+}

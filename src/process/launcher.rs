@@ -1,0 +1,233 @@
+//! The [`Launcher`] boundary and its local implementation: each child in
+//! its own process group, killed with the daemon, output captured.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use nix::sys::signal::Signal;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use super::group::{group_members, signal_group};
+use super::logs::{LogSink, Stream};
+use super::spec::LaunchSpec;
+
+/// Why a child could not be started. Every variant is a counted failure.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum SpawnError {
+    #[error("no such file: {0}")]
+    NotFound(String),
+    #[error("not executable: {}", .0.display())]
+    NotExecutable(PathBuf),
+    #[error("working directory does not exist: {}", .0.display())]
+    CwdMissing(PathBuf),
+    #[error("out of resources: {0}")]
+    Resources(String),
+    #[error("{0}")]
+    Template(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl SpawnError {
+    /// A short, stable label for metrics and the error history.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SpawnError::NotFound(_) => "not found",
+            SpawnError::NotExecutable(_) => "not executable",
+            SpawnError::CwdMissing(_) => "cwd missing",
+            SpawnError::Resources(_) => "resources",
+            SpawnError::Template(_) => "template",
+            SpawnError::Io(_) => "io",
+        }
+    }
+}
+
+/// How a child's main process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    /// The signal number that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn signal_name(&self) -> Option<String> {
+        self.signal.map(|n| {
+            Signal::try_from(n).map_or_else(|_| format!("signal {n}"), |s| s.as_str().to_string())
+        })
+    }
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal_name()) {
+            (Some(code), _) => write!(f, "exited with code {code}"),
+            (None, Some(signal)) => write!(f, "killed by {signal}"),
+            (None, None) => write!(f, "exited"),
+        }
+    }
+}
+
+/// A running child as the supervisor sees it.
+pub trait Child: Send + 'static {
+    fn pid(&self) -> u32;
+    fn pgid(&self) -> i32;
+    /// Resolves when the main process has exited. Cancel-safe; after the
+    /// first resolution it returns the same exit at once.
+    fn wait(&mut self) -> BoxFuture<'_, ExitInfo>;
+    /// Sends `signal` to the whole process group, then SIGKILL after `grace`;
+    /// resolves once no live process of the group is left.
+    fn stop(&mut self, signal: Signal, grace: Duration) -> BoxFuture<'_, ExitInfo>;
+}
+
+/// Starts children somewhere: local processes today.
+pub trait Launcher: Send + Sync + 'static {
+    /// Starts `spec`, sending its output to `logs`.
+    ///
+    /// # Errors
+    /// A classified [`SpawnError`]; nothing is left running then.
+    fn spawn(&self, spec: &LaunchSpec, logs: &LogSink) -> Result<Box<dyn Child>, SpawnError>;
+}
+
+/// Runs children as local processes, each the leader of its own process
+/// group, with `PR_SET_PDEATHSIG` = SIGKILL so none outlives the daemon.
+#[derive(Debug, Default)]
+pub struct LocalLauncher;
+
+impl Launcher for LocalLauncher {
+    fn spawn(&self, spec: &LaunchSpec, logs: &LogSink) -> Result<Box<dyn Child>, SpawnError> {
+        let mut command = tokio::process::Command::new(&spec.program);
+        command
+            .args(&spec.args)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let parent = std::process::id() as i32;
+        let open_files = spec.limits.open_files;
+        // SAFETY: the closure runs between fork and exec and only makes
+        // async-signal-safe system calls (prctl, getppid, setrlimit, kill).
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // The daemon may have died between fork and prctl.
+                if nix::unistd::getppid().as_raw() != parent {
+                    let _ = nix::sys::signal::raise(Signal::SIGKILL);
+                }
+                if let Some(n) = open_files {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)?;
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| classify(e, spec))?;
+        let pid = child.id().expect("a just-spawned child has a pid");
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(logs.clone().pump(out, Stream::Stdout));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(logs.clone().pump(err, Stream::Stderr));
+        }
+        Ok(Box::new(LocalChild {
+            child,
+            pid,
+            exit: None,
+        }))
+    }
+}
+
+fn classify(e: std::io::Error, spec: &LaunchSpec) -> SpawnError {
+    use nix::errno::Errno;
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ENOENT) => SpawnError::NotFound(spec.program.display().to_string()),
+        Some(Errno::EACCES | Errno::ENOEXEC) => SpawnError::NotExecutable(spec.program.clone()),
+        Some(errno @ (Errno::EMFILE | Errno::ENFILE | Errno::EAGAIN | Errno::ENOMEM)) => {
+            SpawnError::Resources(errno.desc().to_lowercase())
+        }
+        _ => SpawnError::Io(e.to_string()),
+    }
+}
+
+struct LocalChild {
+    child: tokio::process::Child,
+    pid: u32,
+    exit: Option<ExitInfo>,
+}
+
+impl LocalChild {
+    async fn wait_exit(&mut self) -> ExitInfo {
+        if let Some(exit) = self.exit {
+            return exit;
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let exit = match self.child.wait().await {
+            Ok(status) => ExitInfo {
+                code: status.code(),
+                signal: status.signal(),
+            },
+            Err(e) => {
+                tracing::warn!(pid = self.pid, "waiting for child: {e}");
+                ExitInfo { code: None, signal: None }
+            }
+        };
+        self.exit = Some(exit);
+        exit
+    }
+
+    /// Polls `/proc` until the group has no live member or `deadline` passes.
+    async fn group_gone_by(&self, deadline: Instant) -> bool {
+        loop {
+            if group_members(self.pid as i32).is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Child for LocalChild {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn pgid(&self) -> i32 {
+        self.pid as i32
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, ExitInfo> {
+        Box::pin(self.wait_exit())
+    }
+
+    fn stop(&mut self, signal: Signal, grace: Duration) -> BoxFuture<'_, ExitInfo> {
+        Box::pin(async move {
+            let pgid = self.pgid();
+            signal_group(pgid, signal);
+            let deadline = Instant::now() + grace;
+            let leader = tokio::time::timeout_at(deadline, self.wait_exit()).await;
+            if leader.is_err() || !self.group_gone_by(deadline).await {
+                tracing::info!(pgid, "process group outlived the grace period; sending SIGKILL");
+                signal_group(pgid, Signal::SIGKILL);
+            }
+            let exit = self.wait_exit().await;
+            if !self.group_gone_by(Instant::now() + Duration::from_secs(5)).await {
+                tracing::warn!(pgid, "process group still has members 5 s after SIGKILL");
+            }
+            exit
+        })
+    }
+}

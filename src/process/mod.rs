@@ -1,0 +1,15 @@
+//! Where children run: the [`Launcher`] boundary, the local process-group
+//! launcher, and capture of child output.
+//!
+//! The supervisor only sees [`Launcher`] and [`Child`]; a Kubernetes or Nomad
+//! backend fits behind the same two traits (DESIGN §1).
+
+mod group;
+mod launcher;
+mod logs;
+mod spec;
+
+pub use group::{group_members, signal_group};
+pub use launcher::{Child, ExitInfo, Launcher, LocalLauncher, SpawnError};
+pub use logs::{LogLine, LogSink, Stream, DEFAULT_TAIL_LINES};
+pub use spec::{build_spec, LaunchContext, LaunchSpec};

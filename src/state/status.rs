@@ -1,0 +1,181 @@
+//! Status types and their JSON shapes (DESIGN §5).
+
+use std::fmt;
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+use crate::config::FileError;
+
+/// Lifecycle of a workspace's child (DESIGN §5).
+///
+/// `stopped -> starting -> running -> stopping -> stopped`;
+/// `starting | running -> error -> starting` after backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    Error,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Stopped => "stopped",
+            Status::Starting => "starting",
+            Status::Running => "running",
+            Status::Stopping => "stopping",
+            Status::Error => "error",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Result of the MCP-level probes of a running child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    Unknown,
+}
+
+/// Circuit breaker position (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// A wall-clock time, serialized as RFC 3339 UTC with milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub SystemTime);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        Timestamp(SystemTime::now())
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_millis(self.0))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The breaker as shown in a WorkspaceStatus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerStatus {
+    pub state: BreakerState,
+    pub failure_count: u32,
+    pub next_retry_at: Option<Timestamp>,
+}
+
+/// Where clients reach the workspace through mcpvisor (DESIGN §8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProxyPaths {
+    pub mcp: String,
+    pub sse: String,
+}
+
+/// Sampled resource use of a child's process tree.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    pub rss_bytes: u64,
+    pub cpu_percent: f32,
+}
+
+/// One failure of a child: a failed start, an exit, a failed probe.
+///
+/// Shown as `lastError` (DESIGN §5) and kept, ten per workspace, as its
+/// error history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRecord {
+    pub message: String,
+    pub at: Timestamp,
+    /// Short machine-readable kind: `exit`, `spawn`, `startup timeout`, ...
+    pub reason: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub stderr_tail: Vec<String>,
+}
+
+/// The public status of one workspace: `GET /api/workspaces/{name}` (DESIGN §5).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceStatus {
+    pub workspace: String,
+    pub status: Status,
+    pub health: Health,
+    pub enabled: bool,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub transport: &'static str,
+    pub upstream: Option<String>,
+    pub proxy: ProxyPaths,
+    pub started_at: Option<Timestamp>,
+    /// Filled in when rendered, from `started_at`.
+    pub uptime_ms: Option<u64>,
+    pub last_health_check: Option<Timestamp>,
+    pub restart_count: u32,
+    pub breaker: BreakerStatus,
+    pub last_error: Option<ErrorRecord>,
+    pub config_error: Option<FileError>,
+    pub config_version: Option<String>,
+    pub resources: Option<Resources>,
+}
+
+/// Everything an actor publishes about its workspace: the public status plus
+/// what `/api/debug/state/workspace` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceRecord {
+    #[serde(skip)]
+    pub status: WorkspaceStatus,
+    pub pgid: Option<i32>,
+    /// The config version the actor was last told to run.
+    pub desired_config_version: Option<String>,
+    /// `running` or `stopped`: what the actor works towards.
+    pub desired: &'static str,
+    /// A scheduled restart or trial start, if any.
+    pub pending: Option<String>,
+    /// The last ten errors, oldest first.
+    pub errors: Vec<ErrorRecord>,
+    /// The limits of the config in force.
+    pub limits: crate::config::Limits,
+}
+
+impl WorkspaceRecord {
+    /// The public status as of `now`, with `uptimeMs` filled in.
+    pub fn render(&self, now: SystemTime) -> WorkspaceStatus {
+        let mut status = self.status.clone();
+        status.uptime_ms = status
+            .started_at
+            .filter(|_| status.status == Status::Running)
+            .and_then(|t| now.duration_since(t.0).ok())
+            .map(|d| d.as_millis() as u64);
+        status
+    }
+}

@@ -1,0 +1,29 @@
+//! What a workspace actor can be told.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::config::{FileError, WorkspaceConfig};
+
+/// A command to one workspace actor. Commands are handled one at a time, in
+/// order, so a stop never races a restart of the same workspace.
+#[derive(Debug)]
+pub enum Command {
+    /// Start the child if it is not running; closes the breaker.
+    Start,
+    /// Stop the child and cancel any pending restart.
+    Stop,
+    /// Stop the child if it runs, then start it; closes the breaker.
+    Restart,
+    /// A new valid config from the workspace file.
+    Apply {
+        config: Arc<WorkspaceConfig>,
+        version: String,
+    },
+    /// The workspace file turned invalid; the last good config keeps running.
+    Invalid(FileError),
+    /// The workspace file is gone: stop, then end. The reply is sent once the
+    /// child's process tree is gone.
+    Remove(oneshot::Sender<()>),
+}

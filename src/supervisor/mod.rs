@@ -1,0 +1,76 @@
+//! Supervision: the manager that reconciles workspace files into actors, and
+//! one actor per workspace that runs, probes and restarts its child.
+
+pub mod actor;
+pub mod backoff;
+pub mod breaker;
+mod manager;
+pub mod probe;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+pub use manager::Manager;
+
+use crate::config::FileError;
+use crate::ports::PortAllocator;
+use crate::process::{LaunchContext, Launcher, LogSink};
+use crate::state::EventBus;
+use actor::WorkspaceHandle;
+
+/// What every actor shares: where children run, ports, the event bus.
+pub struct SupervisorContext {
+    pub launcher: Arc<dyn Launcher>,
+    pub ports: PortAllocator,
+    pub bus: Arc<EventBus>,
+    pub launch: LaunchContext,
+    /// Client for probes; pooled, no proxy.
+    pub http: reqwest::Client,
+}
+
+/// A workspace's handle and log sink, as the HTTP layer reaches them.
+#[derive(Debug, Clone)]
+pub struct ActorEntry {
+    pub handle: WorkspaceHandle,
+    pub logs: LogSink,
+}
+
+/// The live actors by name, plus files that could not become a workspace.
+///
+/// The manager writes it when workspaces come and go; HTTP handlers read it
+/// briefly to find a handle. No lock here is held across an await.
+#[derive(Debug, Default)]
+pub struct Registry {
+    actors: RwLock<BTreeMap<String, ActorEntry>>,
+    bad_files: RwLock<Vec<FileError>>,
+    /// The last error of the folder watcher, if it is failing.
+    pub watch_error: Arc<RwLock<Option<String>>>,
+}
+
+impl Registry {
+    /// Names of every workspace with an actor.
+    pub fn names(&self) -> Vec<String> {
+        self.actors.read().unwrap().keys().cloned().collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<ActorEntry> {
+        self.actors.read().unwrap().get(name).cloned()
+    }
+
+    /// `.json` files whose name is not a valid workspace name.
+    pub fn bad_files(&self) -> Vec<FileError> {
+        self.bad_files.read().unwrap().clone()
+    }
+
+    fn insert(&self, name: &str, entry: ActorEntry) {
+        self.actors.write().unwrap().insert(name.to_string(), entry);
+    }
+
+    fn remove(&self, name: &str) -> Option<ActorEntry> {
+        self.actors.write().unwrap().remove(name)
+    }
+
+    fn set_bad_files(&self, files: Vec<FileError>) {
+        *self.bad_files.write().unwrap() = files;
+    }
+}

@@ -1,0 +1,198 @@
+//! MCP-level probes: a child is ready (and healthy) when it answers an MCP
+//! `initialize` on its endpoint, not merely when its port opens (DESIGN §5).
+//!
+//! `initialize` works for stateful and stateless servers alike, so it serves
+//! as both readiness and liveness probe. A session the probe opens is
+//! closed again with `DELETE` (Streamable HTTP, spec 2025-03-26 "Session
+//! Management") so probes do not pile up sessions in the child.
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use serde_json::Value;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::config::Transport;
+
+/// The protocol revision the probe asks for; servers answer with theirs.
+const PROBE_PROTOCOL_VERSION: &str = "2025-06-18";
+
+/// Why a probe failed.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ProbeError {
+    #[error("connecting to {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+fn initialize_body() -> String {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROBE_PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "mcpvisor-probe", "version": env!("CARGO_PKG_VERSION")}
+        }
+    })
+    .to_string()
+}
+
+/// Sends one `initialize` to `url` and waits for its result, at most `timeout`.
+///
+/// # Errors
+/// The connection failed, the child answered with an error or garbage, or
+/// it did not answer in time.
+pub async fn initialize(
+    client: &reqwest::Client,
+    url: &str,
+    transport: Transport,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
+    let attempt = async {
+        match transport {
+            Transport::Sse => initialize_sse(client, url).await,
+            _ => initialize_streamable(client, url).await,
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ProbeError::Timeout(timeout))?
+}
+
+/// Probes until the child answers or `startup_timeout` passes.
+///
+/// Connection refusals are retried every 25 ms: a refused connect on
+/// loopback costs microseconds, and the retry interval bounds how late
+/// `running` is seen.
+///
+/// # Errors
+/// The last probe error once `startup_timeout` has passed.
+pub async fn await_ready(
+    client: &reqwest::Client,
+    url: &str,
+    transport: Transport,
+    each_timeout: Duration,
+    startup_timeout: Duration,
+) -> Result<(), ProbeError> {
+    let deadline = Instant::now() + startup_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match initialize(client, url, transport, each_timeout.min(left)).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if Instant::now() + Duration::from_millis(25) >= deadline {
+            return Err(error);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn connect_error(url: &str, e: reqwest::Error) -> ProbeError {
+    ProbeError::Connect {
+        url: url.to_string(),
+        message: e.to_string(),
+    }
+}
+
+async fn initialize_streamable(client: &reqwest::Client, url: &str) -> Result<(), ProbeError> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize_body())
+        .send()
+        .await
+        .map_err(|e| connect_error(url, e))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(ProbeError::Protocol(format!("HTTP {status}")));
+    }
+    let session = response.headers().get("mcp-session-id").cloned();
+    let is_sse = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let outcome = if is_sse {
+        let mut events = response.bytes_stream().eventsource();
+        loop {
+            match events.next().await {
+                Some(Ok(event)) => {
+                    if let Some(result) = response_for_probe(&event.data) {
+                        break result;
+                    }
+                }
+                Some(Err(e)) => break Err(ProbeError::Protocol(e.to_string())),
+                None => break Err(ProbeError::Protocol("stream ended before the result".into())),
+            }
+        }
+    } else {
+        let body = response.bytes().await.map_err(|e| connect_error(url, e))?;
+        response_for_probe(&String::from_utf8_lossy(&body))
+            .unwrap_or_else(|| Err(ProbeError::Protocol("no JSON-RPC result".into())))
+    };
+    if let Some(session) = session {
+        let _ = client.delete(url).header("mcp-session-id", session).send().await;
+    }
+    outcome
+}
+
+async fn initialize_sse(client: &reqwest::Client, url: &str) -> Result<(), ProbeError> {
+    let response = client
+        .get(url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .map_err(|e| connect_error(url, e))?;
+    if !response.status().is_success() {
+        return Err(ProbeError::Protocol(format!("HTTP {}", response.status())));
+    }
+    let mut events = response.bytes_stream().eventsource();
+    let mut posted = false;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|e| ProbeError::Protocol(e.to_string()))?;
+        if event.event == "endpoint" && !posted {
+            let base = reqwest::Url::parse(url).map_err(|e| ProbeError::Protocol(e.to_string()))?;
+            let endpoint = base
+                .join(event.data.trim())
+                .map_err(|e| ProbeError::Protocol(format!("bad endpoint event: {e}")))?;
+            let answer = client
+                .post(endpoint)
+                .header("content-type", "application/json")
+                .body(initialize_body())
+                .send()
+                .await
+                .map_err(|e| connect_error(url, e))?;
+            if !answer.status().is_success() {
+                return Err(ProbeError::Protocol(format!("POST to endpoint: HTTP {}", answer.status())));
+            }
+            posted = true;
+        } else if posted {
+            if let Some(result) = response_for_probe(&event.data) {
+                return result;
+            }
+        }
+    }
+    Err(ProbeError::Protocol("stream ended before the result".into()))
+}
+
+/// `Some` when `data` is the JSON-RPC response to the probe's request.
+fn response_for_probe(data: &str) -> Option<Result<(), ProbeError>> {
+    let value: Value = serde_json::from_str(data).ok()?;
+    if value.get("id") != Some(&Value::from(1)) {
+        return None;
+    }
+    Some(match (value.get("result"), value.get("error")) {
+        (Some(_), _) => Ok(()),
+        (_, Some(error)) => Err(ProbeError::Protocol(format!("initialize failed: {error}"))),
+        _ => Err(ProbeError::Protocol("response without result".into())),
+    })
+}
