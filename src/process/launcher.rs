@@ -134,16 +134,18 @@ impl Launcher for LocalLauncher {
         }
         let mut child = command.spawn().map_err(|e| classify(e, spec))?;
         let pid = child.id().expect("a just-spawned child has a pid");
+        let mut pumps = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(logs.clone().pump(out, Stream::Stdout));
+            pumps.push(tokio::spawn(logs.clone().pump(out, Stream::Stdout)));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(logs.clone().pump(err, Stream::Stderr));
+            pumps.push(tokio::spawn(logs.clone().pump(err, Stream::Stderr)));
         }
         Ok(Box::new(LocalChild {
             child,
             pid,
             exit: None,
+            pumps,
         }))
     }
 }
@@ -164,7 +166,13 @@ struct LocalChild {
     child: tokio::process::Child,
     pid: u32,
     exit: Option<ExitInfo>,
+    /// The stdout and stderr copiers; they end at EOF.
+    pumps: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long an exit waits for the child's last output lines. A grandchild
+/// that keeps the pipes open must not delay the exit further.
+const DRAIN_OUTPUT: Duration = Duration::from_millis(100);
 
 impl LocalChild {
     async fn wait_exit(&mut self) -> ExitInfo {
@@ -182,6 +190,10 @@ impl LocalChild {
                 ExitInfo { code: None, signal: None }
             }
         };
+        // Let the pumps copy what the child wrote just before it died, so
+        // the error's stderr tail has its last words.
+        let pumps = std::mem::take(&mut self.pumps);
+        let _ = tokio::time::timeout(DRAIN_OUTPUT, futures::future::join_all(pumps)).await;
         self.exit = Some(exit);
         exit
     }

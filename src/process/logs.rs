@@ -41,7 +41,9 @@ struct Inner {
     path: PathBuf,
     file: Option<File>,
     size: u64,
-    tail: VecDeque<LogLine>,
+    /// Lines pushed so far; each tail entry carries its number.
+    pushed: u64,
+    tail: VecDeque<(u64, LogLine)>,
 }
 
 /// Where a workspace's child output goes; cheap to clone.
@@ -71,6 +73,7 @@ impl LogSink {
                 path,
                 file,
                 size,
+                pushed: 0,
                 tail: VecDeque::with_capacity(64),
             })),
             follow,
@@ -96,7 +99,9 @@ impl LogSink {
         if inner.tail.len() == DEFAULT_TAIL_LINES {
             inner.tail.pop_front();
         }
-        inner.tail.push_back(line.clone());
+        inner.pushed += 1;
+        let n = inner.pushed;
+        inner.tail.push_back((n, line.clone()));
         drop(inner);
         let _ = self.follow.send(line);
     }
@@ -104,16 +109,23 @@ impl LogSink {
     /// The last `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
         let inner = self.inner.lock().unwrap();
-        inner.tail.iter().skip(inner.tail.len().saturating_sub(n)).cloned().collect()
+        inner.tail.iter().skip(inner.tail.len().saturating_sub(n)).map(|(_, l)| l.clone()).collect()
     }
 
-    /// The last `n` stderr lines, for `lastError.stderrTail`.
-    pub fn stderr_tail(&self, n: usize) -> Vec<String> {
+    /// A mark for [`Self::stderr_tail`]: lines pushed after it are newer.
+    pub fn mark(&self) -> u64 {
+        self.inner.lock().unwrap().pushed
+    }
+
+    /// The last `n` stderr lines pushed after `since`, for `lastError.stderrTail`.
+    pub fn stderr_tail(&self, since: u64, n: usize) -> Vec<String> {
         let inner = self.inner.lock().unwrap();
         let mut lines: Vec<String> = inner
             .tail
             .iter()
             .rev()
+            .take_while(|(seq, _)| *seq > since)
+            .map(|(_, l)| l)
             .filter(|l| l.stream == Stream::Stderr)
             .take(n)
             .map(|l| l.line.clone())
@@ -185,7 +197,9 @@ mod tests {
         assert!(dir.path().join("w.log.2").exists());
         assert!(!dir.path().join("w.log.3").exists());
         assert!(std::fs::metadata(dir.path().join("w.log")).unwrap().len() <= ROTATE_BYTES);
-        assert_eq!(sink.stderr_tail(5), vec!["boom".to_string()]);
+        assert_eq!(sink.stderr_tail(0, 5), vec!["boom".to_string()]);
+        let mark = sink.mark();
+        assert!(sink.stderr_tail(mark, 5).is_empty());
         assert_eq!(sink.tail(2).len(), 2);
     }
 }

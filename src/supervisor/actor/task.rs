@@ -97,6 +97,7 @@ pub fn spawn(
         health_at: None,
         probe_failures: 0,
         probe_task: None,
+        log_mark: 0,
     };
     tracker.spawn(actor.run().instrument(span));
     WorkspaceHandle::new(sender)
@@ -158,6 +159,9 @@ struct Actor {
     health_at: Option<Instant>,
     probe_failures: u32,
     probe_task: Option<AbortHandle>,
+    /// Log position at the last spawn: the stderr tail of an error shows
+    /// only the current child's lines.
+    log_mark: u64,
 }
 
 async fn wait_child(child: &mut Option<Box<dyn Child>>) -> ExitInfo {
@@ -307,6 +311,7 @@ impl Actor {
             Err(e) => return self.fail_to_spawn(reason, "port", e.to_string()),
         };
         self.port = Some(port);
+        self.log_mark = self.logs.mark();
         let spawned = build_spec(&self.name, &self.config, port, &self.ctx.launch)
             .and_then(|spec| self.ctx.launcher.spawn(&spec, &self.logs));
         let child = match spawned {
@@ -546,7 +551,7 @@ impl Actor {
             reason: reason.to_string(),
             exit_code: exit.and_then(|e| e.code),
             signal: exit.and_then(|e| e.signal_name()),
-            stderr_tail: self.logs.stderr_tail(STDERR_TAIL),
+            stderr_tail: self.logs.stderr_tail(self.log_mark, STDERR_TAIL),
         }
     }
 
