@@ -165,7 +165,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
 
     // Only now, with the listener accepting, are workspaces read and spawned.
     let (changes_tx, changes) = mpsc::channel(1);
-    let watcher = match config::ConfigWatcher::start(&workspaces_dir, changes_tx, registry.watch_error.clone()) {
+    let watcher = match config::ConfigWatcher::start(&workspaces_dir, changes_tx.clone(), registry.watch_error.clone()) {
         Ok(watcher) => Some(watcher),
         Err(e) => {
             tracing::error!("cannot watch {}: {e}; relying on periodic rescans", workspaces_dir.display());
@@ -173,7 +173,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             None
         }
     };
-    let manager = Manager::new(ctx.clone(), registry, workspaces_dir, ready, actors_cancel.clone(), tracker.clone(), config.rescan_every, watcher);
+    let manager = Manager::new(ctx.clone(), registry, workspaces_dir, ready, actors_cancel.clone(), tracker.clone(), config.rescan_every, watcher, changes_tx);
     let manager = tracker.spawn(manager.run(changes));
     tracker.spawn(resources::run_sampler(bus, resources, config.sample_every, actors_cancel.clone()));
 

@@ -65,6 +65,8 @@ pub struct LoadedFile {
     pub config: Result<Arc<WorkspaceConfig>, FileError>,
     /// `sha256:<hex>` of the parsed config, stable across formatting changes.
     pub version: Option<String>,
+    /// The file's modification time, when known.
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// Whether `name` matches `^[a-z0-9][a-z0-9_-]{0,62}$`.
@@ -119,6 +121,7 @@ pub fn load_file(path: &Path) -> LoadedFile {
             errors,
         }),
         version: None,
+        modified: None,
     };
     let whole = |message: String| {
         vec![ConfigError {
@@ -126,13 +129,14 @@ pub fn load_file(path: &Path) -> LoadedFile {
             message,
         }]
     };
-    match std::fs::metadata(path) {
+    let modified = match std::fs::metadata(path) {
         Ok(meta) if meta.len() > MAX_FILE_BYTES => {
             return fail(whole(format!("file is {} bytes, over the 1 MiB limit", meta.len())))
         }
-        Ok(_) => {}
+        Ok(meta) => meta.modified().ok(),
         Err(e) => return fail(whole(format!("reading file: {e}"))),
-    }
+    };
+    let fail = |errors| LoadedFile { modified, ..fail(errors) };
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(e) => return fail(whole(format!("reading file: {e}"))),
@@ -157,6 +161,7 @@ pub fn load_file(path: &Path) -> LoadedFile {
                 path: path.to_path_buf(),
                 config: Ok(Arc::new(config)),
                 version: Some(version),
+                modified,
             }
         }
         Err(mut more) => {

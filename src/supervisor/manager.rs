@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::actor::{self, Command};
 use super::{ActorEntry, Registry, SupervisorContext};
-use crate::config::{is_valid_name, load_dir, FileError, LoadedFile};
+use crate::config::{is_valid_name, load_dir, FileError, LoadedFile, DEBOUNCE};
 use crate::process::LogSink;
 
 /// What the manager last handed to an actor, to diff against.
@@ -39,6 +39,8 @@ pub struct Manager {
     pub(crate) tracker: TaskTracker,
     pub(crate) rescan_every: Duration,
     pub(crate) watcher: Option<crate::config::ConfigWatcher>,
+    /// Feeds the change channel, to rescan once a fresh file has settled.
+    settle_sender: mpsc::Sender<()>,
     applied: HashMap<String, Applied>,
     removing: HashMap<String, JoinHandle<()>>,
 }
@@ -53,6 +55,7 @@ impl Manager {
         tracker: TaskTracker,
         rescan_every: Duration,
         watcher: Option<crate::config::ConfigWatcher>,
+        settle_sender: mpsc::Sender<()>,
     ) -> Manager {
         Manager {
             ctx,
@@ -63,6 +66,7 @@ impl Manager {
             tracker,
             rescan_every,
             watcher,
+            settle_sender,
             applied: HashMap::new(),
             removing: HashMap::new(),
         }
@@ -78,7 +82,7 @@ impl Manager {
         if let Err(e) = self.ctx.ports.retain(&|n| names.iter().any(|m| m == n)) {
             tracing::warn!("{e}");
         }
-        self.reconcile(files).await;
+        self.reconcile(files, false).await;
         self.ready.store(true, Ordering::Release);
         tracing::info!(workspaces = self.applied.len(), elapsed_ms = started.elapsed().as_millis() as u64, "initial load done");
         let mut rescan = tokio::time::interval(self.rescan_every);
@@ -93,7 +97,14 @@ impl Manager {
                 watcher.ensure();
             }
             if let Some(files) = self.scan() {
-                self.reconcile(files).await;
+                if self.reconcile(files, true).await {
+                    // Something was still being written: look again once it settled.
+                    let changes = self.settle_sender.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(DEBOUNCE).await;
+                        let _ = changes.try_send(());
+                    });
+                }
             }
         }
         for (_, removal) in self.removing.drain() {
@@ -116,7 +127,14 @@ impl Manager {
 
     /// Brings the actors in line with `files`: new files start actors,
     /// changed ones get their new config (or their errors), removed ones stop.
-    async fn reconcile(&mut self, files: Vec<LoadedFile>) {
+    ///
+    /// With `settle`, a file modified within the watcher's debounce window is
+    /// left for a later pass, so a burst of writes becomes one change with the
+    /// last content. Returns whether any file was left for later.
+    async fn reconcile(&mut self, files: Vec<LoadedFile>, settle: bool) -> bool {
+        let now = SystemTime::now();
+        let fresh = |f: &LoadedFile| f.modified.is_some_and(|m| now.duration_since(m).map_or(true, |age| age < DEBOUNCE));
+        let mut unsettled = false;
         let (good, bad): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| is_valid_name(&f.name));
         let bad: Vec<FileError> = bad.into_iter().filter_map(|f| f.config.err()).collect();
         for error in &bad {
@@ -151,6 +169,10 @@ impl Manager {
             };
             match self.applied.get(&file.name) {
                 Some(applied) if *applied == next => continue,
+                _ if settle && fresh(&file) => {
+                    unsettled = true;
+                    continue;
+                }
                 Some(_) => {
                     let command = match file.config {
                         Ok(config) => Command::Apply { config, version: file.version.unwrap_or_default() },
@@ -187,5 +209,6 @@ impl Manager {
             self.applied.insert(file.name, next);
         }
         self.removing.retain(|_, removal| !removal.is_finished());
+        unsettled
     }
 }

@@ -98,6 +98,7 @@ pub fn spawn(
         probe_failures: 0,
         probe_task: None,
         log_mark: 0,
+        deferred: None,
     };
     tracker.spawn(actor.run().instrument(span));
     WorkspaceHandle::new(sender)
@@ -162,6 +163,8 @@ struct Actor {
     /// Log position at the last spawn: the stderr tail of an error shows
     /// only the current child's lines.
     log_mark: u64,
+    /// A command taken off the queue while coalescing config changes.
+    deferred: Option<Command>,
 }
 
 async fn wait_child(child: &mut Option<Box<dyn Child>>) -> ExitInfo {
@@ -206,6 +209,9 @@ impl Actor {
     }
 
     async fn next_event(&mut self) -> Event {
+        if let Some(command) = self.deferred.take() {
+            return Event::Command(command);
+        }
         let deadline = [self.restart_at, self.stable_at, self.health_at].into_iter().flatten().min();
         tokio::select! {
             biased;
@@ -231,7 +237,21 @@ impl Actor {
                 self.stop_child("restart").await;
                 self.start_child("restart");
             }
-            Event::Command(Command::Apply { config, version }) => self.apply(config, version).await,
+            Event::Command(Command::Apply { config, version }) => {
+                // Config changes queued behind this one supersede it: the last
+                // one wins, and restarts never pile up.
+                let (mut config, mut version) = (config, version);
+                while let Ok(next) = self.commands.try_recv() {
+                    match next {
+                        Command::Apply { config: c, version: v } => (config, version) = (c, v),
+                        other => {
+                            self.deferred = Some(other);
+                            break;
+                        }
+                    }
+                }
+                self.apply(config, version).await
+            }
             Event::Command(Command::Invalid(error)) => {
                 tracing::warn!("workspace file is invalid; keeping the last good config:\n{error}");
                 self.config_error = Some(error);
