@@ -82,6 +82,12 @@ pub enum CliCommand {
     Stop { workspace: String, #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")] url: String },
     /// Restart a workspace.
     Restart { workspace: String, #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")] url: String },
+    /// Internal: kills what a crashed daemon left (started by `serve`).
+    #[command(hide = true)]
+    Guard {
+        #[arg(long)]
+        state: PathBuf,
+    },
     /// Run the built-in MCP demo server.
     DemoServer {
         #[arg(long, env = "PORT", default_value_t = 8000)]

@@ -117,6 +117,18 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let workspaces_dir = absolute(&config.workspaces_dir, "workspaces folder")?;
     std::fs::create_dir_all(&state_dir).map_err(|source| ServeError::Io { what: "creating state folder", path: state_dir.clone(), source })?;
     let lock = lock::StateLock::acquire(&state_dir)?;
+    // Orphans of the workspace trees are reparented to us, not to init.
+    if let Err(e) = process::reaper::become_subreaper() {
+        tracing::warn!("cannot become child subreaper: {e}; double-forked children may escape");
+    }
+    // Before anything is spawned: kill what a crashed predecessor left.
+    let sweep_dir = state_dir.clone();
+    let swept = tokio::task::spawn_blocking(move || process::runtime::sweep(&sweep_dir, Duration::from_secs(2)))
+        .await
+        .unwrap_or(0);
+    if swept > 0 {
+        tracing::warn!(processes = swept, "killed leftovers of a previous run");
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::AddrInUse { addr: config.listen, source })?;
@@ -134,7 +146,15 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             mcpvisor_exe: config.mcpvisor_exe.clone(),
         },
         http: reqwest::Client::builder().no_proxy().build().expect("http client builds"),
+        runtime: process::runtime::RuntimeFile::new(&state_dir),
     });
+    let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::warn!("cannot start the guard process: {e}; a crash may leave grandchildren behind");
+            None
+        }
+    };
     let registry = Arc::new(Registry::default());
     let ready = Arc::new(AtomicBool::new(false));
     let resources = Arc::new(ResourceView::default());
@@ -173,9 +193,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             None
         }
     };
+    let registry_for_sampler = registry.clone();
     let manager = Manager::new(ctx.clone(), registry, workspaces_dir, ready, actors_cancel.clone(), tracker.clone(), config.rescan_every, watcher, changes_tx);
     let manager = tracker.spawn(manager.run(changes));
-    tracker.spawn(resources::run_sampler(bus, resources, config.sample_every, actors_cancel.clone()));
+    tracker.spawn(resources::run_sampler(ctx.clone(), registry_for_sampler, resources, config.sample_every, actors_cancel.clone()));
+    tracker.spawn(process::reaper::run_reaper(actors_cancel.clone()));
 
     let done = tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -187,6 +209,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             tracing::error!("some workspaces did not stop within 60 s");
         }
         let _ = server.await;
+        if let Some(guard) = guard {
+            let _ = tokio::task::spawn_blocking(move || guard.finish()).await;
+        }
         drop(lock);
         tracing::info!("stopped");
     });

@@ -10,6 +10,10 @@ fn main() {
     std::process::exit(match cli.command {
         CliCommand::Validate { paths } => cli::validate(&paths),
         CliCommand::DemoServer { port, transport } => demo_server(port, transport),
+        CliCommand::Guard { state } => {
+            mcpvisor::process::guard::run(&state);
+            0
+        }
         CliCommand::Serve { workspaces, state, listen, port_range, token, log_format } => {
             init_tracing(log_format);
             let mut config = mcpvisor::ServeConfig::new(workspaces, state);

@@ -3,7 +3,7 @@
 //! A task samples `/proc` through sysinfo every few seconds, off the request
 //! path, and publishes an immutable sample; requests only read the last one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,11 @@ use serde::Serialize;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{EventBus, Resources, Timestamp};
+use crate::process::runtime::ProcessId;
+use crate::process::tree::ProcTable;
+use crate::state::{Resources, Timestamp};
+use crate::supervisor::actor::Command;
+use crate::supervisor::{Registry, SupervisorContext};
 
 /// Totals over every child tree.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -48,8 +52,17 @@ impl ResourceView {
     }
 }
 
-/// Samples every `every` until `cancel` fires.
-pub async fn run_sampler(bus: Arc<EventBus>, view: Arc<ResourceView>, every: Duration, cancel: CancellationToken) {
+/// Samples every `every` until `cancel` fires. Each sample also records
+/// the trees in `state/runtime.json` and tells an actor whose tree passed
+/// `limits.memoryMb`.
+pub async fn run_sampler(
+    ctx: Arc<SupervisorContext>,
+    registry: Arc<Registry>,
+    view: Arc<ResourceView>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let bus = ctx.bus.clone();
     let mut system = System::new();
     let mut tick = tokio::time::interval(every);
     loop {
@@ -57,47 +70,64 @@ pub async fn run_sampler(bus: Arc<EventBus>, view: Arc<ResourceView>, every: Dur
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let roots: Vec<(String, u32)> = bus
+        let roots: Vec<Root> = bus
             .view()
             .load()
             .workspaces
             .values()
-            .filter_map(|r| Some((r.status.workspace.clone(), r.status.pid?)))
+            .filter_map(|r| {
+                Some(Root { workspace: r.status.workspace.clone(), pgid: r.pgid?, memory_mb: r.limits.memory_mb })
+            })
             .collect();
-        // sysinfo reads /proc synchronously; keep it off the async workers.
-        let (returned, sample) = tokio::task::spawn_blocking(move || {
+        // sysinfo and /proc are read synchronously; keep that off the async workers.
+        let (returned, sample, trees) = tokio::task::spawn_blocking(move || {
             system.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing().with_memory().with_cpu());
-            let sample = sample(&system, &roots);
-            (system, sample)
+            let table = ProcTable::scan();
+            let trees: Vec<(Root, Vec<i32>)> = roots.into_iter().map(|root| {
+                let tree = table.tree(root.pgid, &root.workspace);
+                (root, tree)
+            }).collect();
+            let sample = sample(&system, &trees);
+            (system, sample, trees)
         })
         .await
         .expect("sampler does not panic");
         system = returned;
+        for (root, tree) in &trees {
+            let members = tree.iter().filter(|pid| **pid != root.pgid).filter_map(|pid| ProcessId::of(*pid)).collect();
+            ctx.runtime.set_tree(&root.workspace, members);
+            let rss = sample.children.get(&root.workspace).map_or(0, |r| r.rss_bytes);
+            if root.memory_mb.is_some_and(|mb| rss > mb << 20) {
+                if let Some(entry) = registry.get(&root.workspace) {
+                    let _ = entry.handle.send(Command::OverMemory { rss_bytes: rss });
+                }
+            }
+        }
         view.current.store(Arc::new(sample));
     }
 }
 
-fn sample(system: &System, roots: &[(String, u32)]) -> Sample {
-    let mut children_of: HashMap<Pid, Vec<Pid>> = HashMap::new();
-    for (pid, process) in system.processes() {
-        if let Some(parent) = process.parent() {
-            children_of.entry(parent).or_default().push(*pid);
-        }
-    }
+/// A workspace whose tree is sampled.
+struct Root {
+    workspace: String,
+    pgid: i32,
+    memory_mb: Option<u64>,
+}
+
+fn sample(system: &System, trees: &[(Root, Vec<i32>)]) -> Sample {
     let mut out = Sample {
         sampled_at: Some(Timestamp::now()),
         ..Sample::default()
     };
-    for (name, root) in roots {
-        let mut stack = vec![Pid::from_u32(*root)];
+    for (root, tree) in trees {
+        let name = &root.workspace;
         let mut usage = Resources { rss_bytes: 0, cpu_percent: 0.0 };
-        while let Some(pid) = stack.pop() {
-            if let Some(process) = system.process(pid) {
+        for pid in tree {
+            if let Some(process) = system.process(Pid::from_u32(*pid as u32)) {
                 usage.rss_bytes += process.memory();
                 usage.cpu_percent += process.cpu_usage();
                 out.totals.processes += 1;
             }
-            stack.extend(children_of.get(&pid).into_iter().flatten());
         }
         out.totals.rss_bytes += usage.rss_bytes;
         out.totals.cpu_percent += usage.cpu_percent;

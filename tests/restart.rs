@@ -14,20 +14,6 @@ fn pid(status: &Value) -> u64 {
     status["pid"].as_u64().expect("a pid")
 }
 
-/// Live processes whose environment names this workspace.
-fn processes_of(workspace: &str) -> Vec<u64> {
-    let needle = format!("MCPVISOR_WORKSPACE={workspace}\0");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|pid| alive(*pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_child_restarts_it_on_the_same_port() {
     let daemon = Daemon::start(&[("crashy", demo())]).await;

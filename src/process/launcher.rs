@@ -11,7 +11,8 @@ use nix::sys::signal::Signal;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use super::group::{group_members, signal_group};
+use super::group::signal_group;
+use super::tree::ProcTable;
 use super::logs::{LogSink, Stream};
 use super::spec::LaunchSpec;
 
@@ -132,7 +133,12 @@ impl Launcher for LocalLauncher {
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(|e| classify(e, spec))?;
+        let mut child = super::reaper::spawn_leader(|| {
+            let child = command.spawn()?;
+            let pid = child.id().expect("a just-spawned child has a pid");
+            Ok((child, pid))
+        })
+        .map_err(|e| classify(e, spec))?;
         let pid = child.id().expect("a just-spawned child has a pid");
         let mut pumps = Vec::with_capacity(2);
         if let Some(out) = child.stdout.take() {
@@ -144,6 +150,7 @@ impl Launcher for LocalLauncher {
         Ok(Box::new(LocalChild {
             child,
             pid,
+            workspace: spec.workspace.clone(),
             exit: None,
             pumps,
         }))
@@ -165,6 +172,7 @@ fn classify(e: std::io::Error, spec: &LaunchSpec) -> SpawnError {
 struct LocalChild {
     child: tokio::process::Child,
     pid: u32,
+    workspace: String,
     exit: Option<ExitInfo>,
     /// The stdout and stderr copiers; they end at EOF.
     pumps: Vec<tokio::task::JoinHandle<()>>,
@@ -180,7 +188,9 @@ impl LocalChild {
             return exit;
         }
         use std::os::unix::process::ExitStatusExt;
-        let exit = match self.child.wait().await {
+        let status = self.child.wait().await;
+        super::reaper::forget_leader(self.pid);
+        let exit = match status {
             Ok(status) => ExitInfo {
                 code: status.code(),
                 signal: status.signal(),
@@ -198,10 +208,27 @@ impl LocalChild {
         exit
     }
 
-    /// Polls `/proc` until the group has no live member or `deadline` passes.
-    async fn group_gone_by(&self, deadline: Instant) -> bool {
+    /// The live processes of this child's whole tree.
+    fn tree(&self) -> Vec<i32> {
+        ProcTable::scan().tree(self.pgid(), &self.workspace)
+    }
+
+    /// Sends `signal` to the process group and to every tree member outside it.
+    fn signal_tree(&self, signal: Signal) {
+        let pgid = self.pgid();
+        signal_group(pgid, signal);
+        let table = ProcTable::scan();
+        for pid in table.tree(pgid, &self.workspace) {
+            if table.procs.get(&pid).is_some_and(|p| p.pgrp != pgid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            }
+        }
+    }
+
+    /// Polls `/proc` until the tree has no live member or `deadline` passes.
+    async fn tree_gone_by(&self, deadline: Instant) -> bool {
         loop {
-            if group_members(self.pid as i32).is_empty() {
+            if self.tree().is_empty() {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -228,16 +255,24 @@ impl Child for LocalChild {
     fn stop(&mut self, signal: Signal, grace: Duration) -> BoxFuture<'_, ExitInfo> {
         Box::pin(async move {
             let pgid = self.pgid();
-            signal_group(pgid, signal);
+            self.signal_tree(signal);
             let deadline = Instant::now() + grace;
             let leader = tokio::time::timeout_at(deadline, self.wait_exit()).await;
-            if leader.is_err() || !self.group_gone_by(deadline).await {
-                tracing::info!(pgid, "process group outlived the grace period; sending SIGKILL");
-                signal_group(pgid, Signal::SIGKILL);
+            if leader.is_err() || !self.tree_gone_by(deadline).await {
+                if !grace.is_zero() {
+                    tracing::info!(pgid, "process tree outlived the grace period; sending SIGKILL");
+                }
+                self.signal_tree(Signal::SIGKILL);
             }
             let exit = self.wait_exit().await;
-            if !self.group_gone_by(Instant::now() + Duration::from_secs(5)).await {
-                tracing::warn!(pgid, "process group still has members 5 s after SIGKILL");
+            // Members may fork while being killed: keep killing until none is left.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.tree_gone_by(Instant::now() + Duration::from_millis(100)).await {
+                if Instant::now() >= deadline {
+                    tracing::warn!(pgid, "process tree still has members 5 s after SIGKILL");
+                    break;
+                }
+                self.signal_tree(Signal::SIGKILL);
             }
             exit
         })

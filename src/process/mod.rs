@@ -5,11 +5,15 @@
 //! backend fits behind the same two traits (DESIGN §1).
 
 mod group;
+pub mod guard;
 mod launcher;
 mod logs;
+pub mod reaper;
+pub mod runtime;
 mod spec;
+pub mod tree;
 
-pub use group::{group_members, signal_group};
+pub use group::signal_group;
 pub use launcher::{Child, ExitInfo, Launcher, LocalLauncher, SpawnError};
 pub use logs::{LogLine, LogSink, Stream, DEFAULT_TAIL_LINES};
 pub use spec::{build_spec, LaunchContext, LaunchSpec};

@@ -26,6 +26,8 @@ pub struct SupervisorContext {
     pub launch: LaunchContext,
     /// Client for probes; pooled, no proxy.
     pub http: reqwest::Client,
+    /// `state/runtime.json`, for the sweep after a crash.
+    pub runtime: crate::process::runtime::RuntimeFile,
 }
 
 /// A workspace's handle and log sink, as the HTTP layer reaches them.

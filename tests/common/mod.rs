@@ -228,3 +228,17 @@ pub async fn read_events(http: &reqwest::Client, url: &str, last_event_id: Optio
     }
     out
 }
+
+/// Live processes whose environment names this workspace.
+pub fn processes_of(workspace: &str) -> Vec<u64> {
+    let needle = format!("MCPVISOR_WORKSPACE={workspace}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}

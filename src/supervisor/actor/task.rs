@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::handle::{WorkspaceHandle, COMMAND_QUEUE};
 use super::messages::Command;
 use crate::config::{FileError, RestartPolicy, Transport, WorkspaceConfig};
+use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, ExitInfo, LogSink, SpawnError};
 use crate::state::{
     BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, Timestamp,
@@ -257,6 +258,7 @@ impl Actor {
                 self.config_error = Some(error);
                 self.set_status(self.status, "config invalid");
             }
+            Event::Command(Command::OverMemory { rss_bytes }) => self.on_over_memory(rss_bytes).await,
             Event::Command(Command::Remove(_)) | Event::Shutdown => unreachable!("handled in run"),
             Event::Exited(exit) => self.on_exit(exit).await,
             Event::Probe { generation, .. } if generation != self.generation => {}
@@ -339,6 +341,10 @@ impl Actor {
             Err(e) => return self.fail_to_spawn(reason, e.kind(), spawn_message(&self.name, &e)),
         };
         tracing::info!(pid = child.pid(), port, reason, "child started");
+        if let Some(process) = ProcessId::of(child.pid() as i32) {
+            let entry = RuntimeEntry { pid: process.pid, pgid: child.pgid(), start_time: process.start_time, port, tree: vec![] };
+            self.ctx.runtime.set(&self.name, entry);
+        }
         self.child = Some(child);
         self.health = Health::Unknown;
         self.started_at = None;
@@ -462,6 +468,19 @@ impl Actor {
         }
     }
 
+    /// The tree passed `limits.memoryMb`: restart it, counted as a failure.
+    async fn on_over_memory(&mut self, rss_bytes: u64) {
+        let Some(limit) = self.config.limits.memory_mb else { return };
+        if self.child.is_none() || !matches!(self.status, Status::Running | Status::Starting) {
+            return;
+        }
+        let message = format!("memory limit: the process tree uses {} MiB, over the {limit} MiB limit", rss_bytes >> 20);
+        tracing::warn!("{message}; restarting");
+        let record = self.error_record(message, "memory limit", None);
+        self.stop_child("memory limit").await;
+        self.fail(record, "memory limit");
+    }
+
     async fn on_exit(&mut self, exit: ExitInfo) {
         // The main process is gone; make sure nothing of its group is left
         // holding the port before anything else starts on it.
@@ -540,6 +559,7 @@ impl Actor {
         self.set_status(Status::Stopping, reason);
         let signal = self.config.stop.signal.parse().unwrap_or(Signal::SIGTERM);
         let exit = child.stop(signal, self.config.stop.grace).await;
+        self.ctx.runtime.remove(&self.name);
         tracing::info!("child stopped: {exit}");
         self.health = Health::Unknown;
         self.started_at = None;
@@ -551,6 +571,7 @@ impl Actor {
         self.clear_timers();
         if let Some(mut child) = self.child.take() {
             child.stop(Signal::SIGKILL, Duration::ZERO).await;
+            self.ctx.runtime.remove(&self.name);
         }
     }
 

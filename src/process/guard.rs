@@ -1,0 +1,66 @@
+//! The guard: a small process that outlives a crashed daemon by a moment
+//! and kills whatever the daemon left running.
+//!
+//! `PR_SET_PDEATHSIG` kills the daemon's direct children when it dies, but
+//! not their descendants. So `serve` starts `mcpvisor guard` in its own
+//! session with a pipe on its stdin. The daemon holds the write end; when
+//! the daemon dies, however it dies, the kernel closes the pipe and the
+//! guard sweeps `state/runtime.json` (pid and start time must match) and
+//! exits.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+
+/// The daemon's end of the guard; dropping it lets the guard sweep and exit.
+pub struct Guard {
+    pipe: ChildStdin,
+    child: Child,
+}
+
+impl Guard {
+    /// Closes the pipe after a clean shutdown and reaps the guard (it finds
+    /// nothing left to kill).
+    pub fn finish(mut self) {
+        drop(self.pipe);
+        for _ in 0..300 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Starts `<exe> guard --state <state_dir>`.
+///
+/// # Errors
+/// The guard could not be spawned.
+pub fn spawn(exe: &Path, state_dir: &Path) -> std::io::Result<Guard> {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(exe)
+        .arg("guard")
+        .arg("--state")
+        .arg(state_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()?;
+    let pipe = child.stdin.take().expect("stdin is piped");
+    Ok(Guard { pipe, child })
+}
+
+/// The guard's main: waits for EOF on stdin, then sweeps. Returns the
+/// number of processes killed.
+pub fn run(state_dir: &Path) -> usize {
+    // Ctrl-C in the daemon's terminal must not take the guard first.
+    // SAFETY: setting a signal disposition to ignore is always sound.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, nix::sys::signal::SigHandler::SigIgn);
+    }
+    let mut sink = [0u8; 64];
+    let mut stdin = std::io::stdin();
+    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    super::runtime::sweep(state_dir, Duration::from_secs(2))
+}

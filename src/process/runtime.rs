@@ -1,0 +1,145 @@
+//! `state/runtime.json`: what runs, for the sweep after a crash (DESIGN §4).
+//!
+//! Per workspace it records the child's pid, pgid and start time, its port,
+//! and the sampled tree (pid and start time of each member). Matching pid
+//! *and* start time means a pid reused by an unrelated process is never
+//! touched. Writes are atomic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::tree::proc_info;
+use crate::fsutil::write_atomic;
+
+/// A process named by pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    /// The process as it runs now, if `pid` is alive.
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        proc_info(pid).filter(|p| !p.zombie).map(|p| ProcessId { pid, start_time: p.start_time })
+    }
+
+    /// Whether this very process (not a reuse of its pid) still runs.
+    pub fn alive(&self) -> bool {
+        proc_info(self.pid).is_some_and(|p| !p.zombie && p.start_time == self.start_time)
+    }
+}
+
+/// One workspace's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeEntry {
+    pub pid: i32,
+    pub pgid: i32,
+    pub start_time: u64,
+    pub port: u16,
+    /// Other members of the tree, as last sampled.
+    #[serde(default)]
+    pub tree: Vec<ProcessId>,
+}
+
+impl RuntimeEntry {
+    fn processes(&self) -> impl Iterator<Item = ProcessId> + '_ {
+        std::iter::once(ProcessId { pid: self.pid, start_time: self.start_time }).chain(self.tree.iter().copied())
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct RuntimeFileBody {
+    version: u32,
+    workspaces: BTreeMap<String, RuntimeEntry>,
+}
+
+/// The runtime file, shared by actors (spawn, exit) and the sampler (trees).
+#[derive(Debug)]
+pub struct RuntimeFile {
+    path: PathBuf,
+    entries: Mutex<BTreeMap<String, RuntimeEntry>>,
+}
+
+impl RuntimeFile {
+    /// Starts empty; call [`sweep`] on the old file first.
+    pub fn new(state_dir: &Path) -> RuntimeFile {
+        let file = RuntimeFile { path: state_dir.join("runtime.json"), entries: Mutex::default() };
+        file.persist(&BTreeMap::new());
+        file
+    }
+
+    pub fn set(&self, workspace: &str, entry: RuntimeEntry) {
+        let mut entries = self.entries.lock().unwrap();
+        entries.insert(workspace.to_string(), entry);
+        self.persist(&entries);
+    }
+
+    /// Records a sampled tree; writes only when it changed.
+    pub fn set_tree(&self, workspace: &str, tree: Vec<ProcessId>) {
+        let mut entries = self.entries.lock().unwrap();
+        if let Some(entry) = entries.get_mut(workspace).filter(|e| e.tree != tree) {
+            entry.tree = tree;
+            self.persist(&entries);
+        }
+    }
+
+    pub fn remove(&self, workspace: &str) {
+        let mut entries = self.entries.lock().unwrap();
+        if entries.remove(workspace).is_some() {
+            self.persist(&entries);
+        }
+    }
+
+    fn persist(&self, entries: &BTreeMap<String, RuntimeEntry>) {
+        let body = RuntimeFileBody { version: 1, workspaces: entries.clone() };
+        let bytes = serde_json::to_vec_pretty(&body).expect("runtime serializes");
+        if let Err(e) = write_atomic(&self.path, &bytes) {
+            tracing::warn!(path = %self.path.display(), "writing runtime file: {e}");
+        }
+    }
+}
+
+/// Kills every process recorded in `state_dir/runtime.json` that still runs
+/// (pid and start time match), waiting up to `within` for them to go.
+/// Returns how many were killed.
+pub fn sweep(state_dir: &Path, within: Duration) -> usize {
+    let Ok(bytes) = std::fs::read(state_dir.join("runtime.json")) else {
+        return 0;
+    };
+    let Ok(body) = serde_json::from_slice::<RuntimeFileBody>(&bytes) else {
+        tracing::warn!("state/runtime.json is unreadable; nothing swept");
+        return 0;
+    };
+    // A group with a recorded member still alive cannot have been reused:
+    // kill it whole, which also takes members forked after the last sample.
+    for (workspace, entry) in &body.workspaces {
+        if entry.processes().any(|p| p.alive()) {
+            tracing::warn!(workspace = %workspace, pgid = entry.pgid, "killing the process group of a previous run");
+            let _ = nix::sys::signal::killpg(Pid::from_raw(entry.pgid), Signal::SIGKILL);
+        }
+    }
+    let leftovers: Vec<(String, ProcessId)> = body
+        .workspaces
+        .iter()
+        .flat_map(|(name, entry)| entry.processes().map(move |p| (name.clone(), p)))
+        .filter(|(_, p)| p.alive())
+        .collect();
+    for (workspace, process) in &leftovers {
+        tracing::warn!(workspace = %workspace, pid = process.pid, "killing a leftover of a previous run");
+        let _ = kill(Pid::from_raw(process.pid), Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + within;
+    while leftovers.iter().any(|(_, p)| p.alive()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    leftovers.len()
+}
