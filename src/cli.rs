@@ -73,6 +73,9 @@ pub enum CliCommand {
         workspace: String,
         #[arg(short = 'n', default_value_t = 100)]
         lines: usize,
+        /// Keep printing new lines as they come.
+        #[arg(short = 'f', long)]
+        follow: bool,
         #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
         url: String,
     },
@@ -228,7 +231,22 @@ pub async fn command(url: &str, workspace: &str, action: &str) -> Result<(), Cli
 }
 
 /// `mcpvisor logs`.
-pub async fn logs(url: &str, workspace: &str, lines: usize) -> Result<(), ClientError> {
+pub async fn logs(url: &str, workspace: &str, lines: usize, follow: bool) -> Result<(), ClientError> {
+    if follow {
+        let endpoint = format!("{url}/api/workspaces/{workspace}/logs?lines={lines}&follow=true");
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.to_string(), message: e.to_string() };
+        let response = client().get(&endpoint).send().await.map_err(unreachable)?;
+        if !response.status().is_success() {
+            return Err(ClientError::Api(format!("no workspace named {workspace:?} (HTTP {})", response.status().as_u16())));
+        }
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(Ok(event)) = events.next().await {
+            if let Ok(line) = serde_json::from_str::<Value>(&event.data) {
+                println!("{} {} {}", text(&line["ts"]), text(&line["stream"]), text(&line["line"]));
+            }
+        }
+        return Ok(());
+    }
     let body = request(reqwest::Method::GET, &format!("{url}/api/workspaces/{workspace}/logs?lines={lines}")).await?;
     for line in body["lines"].as_array().into_iter().flatten() {
         println!("{} {} {}", text(&line["ts"]), text(&line["stream"]), text(&line["line"]));

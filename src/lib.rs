@@ -10,6 +10,7 @@ pub mod demo_server;
 mod fsutil;
 pub mod http;
 mod lock;
+pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod resources;
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub rescan_every: Duration,
     /// How often child resources are sampled.
     pub sample_every: Duration,
+    /// Past events kept for `Last-Event-ID` replay.
+    pub event_ring: usize,
 }
 
 impl ServeConfig {
@@ -64,6 +67,7 @@ impl ServeConfig {
             mcpvisor_exe: std::env::current_exe().unwrap_or_else(|_| "mcpvisor".into()),
             rescan_every: Duration::from_secs(2),
             sample_every: Duration::from_secs(2),
+            event_ring: DEFAULT_RING_CAPACITY,
         }
     }
 }
@@ -135,7 +139,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let addr = listener.local_addr().map_err(|source| ServeError::AddrInUse { addr: config.listen, source })?;
 
     let view = Arc::new(StateView::new());
-    let bus = EventBus::new(view, DEFAULT_RING_CAPACITY);
+    let bus = EventBus::new(view, config.event_ring);
     let ctx = Arc::new(SupervisorContext {
         launcher: Arc::new(LocalLauncher),
         ports: PortAllocator::load(&state_dir, config.port_range.clone()),
@@ -147,6 +151,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         },
         http: reqwest::Client::builder().no_proxy().build().expect("http client builds"),
         runtime: process::runtime::RuntimeFile::new(&state_dir),
+        metrics: metrics::Metrics::new(),
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),

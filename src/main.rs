@@ -87,7 +87,7 @@ async fn run_client(command: CliCommand) -> i32 {
     let result = match command {
         CliCommand::Status { url, json } => cli::status(&url, json).await,
         CliCommand::Watch { workspace, url, json } => cli::watch(&url, workspace.as_deref(), json).await,
-        CliCommand::Logs { workspace, lines, url } => cli::logs(&url, &workspace, lines).await,
+        CliCommand::Logs { workspace, lines, follow, url } => cli::logs(&url, &workspace, lines, follow).await,
         CliCommand::Start { workspace, url } => cli::command(&url, &workspace, "start").await,
         CliCommand::Stop { workspace, url } => cli::command(&url, &workspace, "stop").await,
         CliCommand::Restart { workspace, url } => cli::command(&url, &workspace, "restart").await,

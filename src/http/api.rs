@@ -72,19 +72,57 @@ pub async fn command(
 #[derive(Debug, Deserialize)]
 pub struct LogsQuery {
     lines: Option<usize>,
+    #[serde(default)]
+    follow: bool,
 }
 
-/// The last `lines` (default 100, at most 1000) captured lines of the child.
+/// The last `lines` (default 100, at most 1000) captured lines of the child
+/// as `{"lines": [...]}`; with `follow=true`, an SSE stream of those lines
+/// and every later one, one `{"ts","stream","line"}` per event.
 pub async fn logs(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(query): Query<LogsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let entry = state.registry.get(&name).ok_or_else(|| ApiError::unknown_workspace(&name))?;
-    let lines = entry.logs.tail(query.lines.unwrap_or(100).min(crate::process::DEFAULT_TAIL_LINES));
-    Ok(Json(json!({ "lines": lines })))
+    let n = query.lines.unwrap_or(100).min(crate::process::DEFAULT_TAIL_LINES);
+    if !query.follow {
+        return Ok(Json(json!({ "lines": entry.logs.tail(n) })).into_response());
+    }
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let live = entry.logs.follow();
+    let backlog = futures::stream::iter(entry.logs.tail(n));
+    let live = futures::stream::unfold(live, |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(line) => return Some((line, live)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    use futures::StreamExt;
+    let shutdown = state.shutdown.clone();
+    let events = backlog
+        .chain(live)
+        .map(|line| Ok::<_, std::convert::Infallible>(Event::default().data(serde_json::to_string(&line).unwrap_or_default())))
+        .take_until(shutdown.cancelled_owned());
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(crate::http::sse::KEEP_ALIVE)).into_response())
 }
 
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let bus = &state.ctx.bus;
+    let body = state.ctx.metrics.render(
+        &bus.view().load(),
+        &state.resources.load(),
+        state.subscribers.count(),
+        bus.last_seq(),
+        bus.resync_count(),
+    );
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }

@@ -9,7 +9,7 @@ mod dashboard;
 mod debug;
 mod error;
 mod guard;
-mod sse;
+pub(crate) mod sse;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -52,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/events", get(sse::all_events))
         .route("/api/debug/state", get(debug::all))
         .route("/api/debug/state/{component}", get(debug::component))
+        .route("/metrics", get(api::metrics))
         .route("/", get(dashboard::page))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check))

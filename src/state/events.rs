@@ -214,7 +214,10 @@ impl Subscription {
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     self.bus.resyncs.fetch_add(1, Ordering::Relaxed);
+                    // Start over at the tail: a fresh receiver taken under the
+                    // same lock as the snapshot meets it without gap or overlap.
                     let ring = self.bus.ring.lock().unwrap();
+                    self.receiver = self.bus.sender.subscribe();
                     self.skip_through = ring.last_seq;
                     self.pending = self
                         .bus
@@ -224,5 +227,83 @@ impl Subscription {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::status::*;
+
+    fn record(name: &str, status: Status) -> WorkspaceRecord {
+        WorkspaceRecord {
+            status: WorkspaceStatus {
+                workspace: name.into(),
+                status,
+                health: Health::Unknown,
+                enabled: true,
+                pid: None,
+                port: None,
+                transport: "streamable-http",
+                upstream: None,
+                proxy: ProxyPaths { mcp: String::new(), sse: String::new() },
+                started_at: None,
+                uptime_ms: None,
+                last_health_check: None,
+                restart_count: 0,
+                breaker: BreakerStatus { state: BreakerState::Closed, failure_count: 0, next_retry_at: None },
+                last_error: None,
+                config_error: None,
+                config_version: None,
+                resources: None,
+            },
+            pgid: None,
+            desired_config_version: None,
+            desired: "running",
+            pending: None,
+            errors: vec![],
+            limits: Default::default(),
+        }
+    }
+
+    fn seq_and_reason(event: &Event) -> (u64, String) {
+        let v: serde_json::Value = serde_json::from_str(&event.json).unwrap();
+        (event.seq, v["params"]["reason"].as_str().unwrap().to_string())
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_stops_reading_is_resynced_and_never_slows_others() {
+        let bus = EventBus::new(Arc::new(StateView::new()), 64);
+        let mut reader = bus.subscribe(None, None);
+        let mut stalled = bus.subscribe(None, None);
+        let total = SUBSCRIBER_QUEUE as u64 * 3;
+        let mut seen = Vec::new();
+        for i in 0..total {
+            // The publisher never waits: it is a plain function call.
+            bus.transition(record("w", if i % 2 == 0 { Status::Starting } else { Status::Error }), None, "tick");
+            seen.push(reader.next().await.unwrap().seq);
+        }
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "the reading subscriber got every event in order");
+        let first = stalled.next().await.unwrap();
+        assert_eq!(seq_and_reason(&first), (total, "resync".to_string()), "the stalled one is resynced to the newest state");
+        assert_eq!(bus.resync_count(), 1);
+        bus.transition(record("w", Status::Running), None, "ready");
+        assert_eq!(seq_and_reason(&stalled.next().await.unwrap()), (total + 1, "ready".to_string()), "and then follows live");
+    }
+
+    #[tokio::test]
+    async fn replay_serves_exactly_the_missed_events_or_a_resync_past_the_ring() {
+        let bus = EventBus::new(Arc::new(StateView::new()), 8);
+        for _ in 0..20 {
+            bus.transition(record("w", Status::Starting), None, "tick");
+        }
+        let mut replay = bus.subscribe(None, Some(15));
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(replay.next().await.unwrap().seq);
+        }
+        assert_eq!(got, [16, 17, 18, 19, 20]);
+        let mut behind = bus.subscribe(None, Some(3));
+        assert_eq!(seq_and_reason(&behind.next().await.unwrap()), (20, "resync".to_string()));
     }
 }

@@ -132,6 +132,14 @@ impl Manager {
     /// left for a later pass, so a burst of writes becomes one change with the
     /// last content. Returns whether any file was left for later.
     async fn reconcile(&mut self, files: Vec<LoadedFile>, settle: bool) -> bool {
+        let started = tokio::time::Instant::now();
+        let unsettled = self.reconcile_files(files, settle).await;
+        self.ctx.metrics.reconciles.inc();
+        self.ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        unsettled
+    }
+
+    async fn reconcile_files(&mut self, files: Vec<LoadedFile>, settle: bool) -> bool {
         let now = SystemTime::now();
         let fresh = |f: &LoadedFile| f.modified.is_some_and(|m| now.duration_since(m).map_or(true, |age| age < DEBOUNCE));
         let mut unsettled = false;

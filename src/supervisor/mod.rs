@@ -28,6 +28,7 @@ pub struct SupervisorContext {
     pub http: reqwest::Client,
     /// `state/runtime.json`, for the sweep after a crash.
     pub runtime: crate::process::runtime::RuntimeFile,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A workspace's handle and log sink, as the HTTP layer reaches them.

@@ -72,8 +72,13 @@ impl Daemon {
 
     /// Starts a daemon on an existing root (workspaces/ and state/ inside).
     pub async fn start_at(root: &Path, range: (u16, u16)) -> Daemon {
+        Daemon::start_listening(root, range, "127.0.0.1:0").await
+    }
+
+    /// Like [`Daemon::start_at`], on a given listen address.
+    pub async fn start_listening(root: &Path, range: (u16, u16), listen: &str) -> Daemon {
         let mut config = mcpvisor::ServeConfig::new(root.join("workspaces"), root.join("state"));
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.listen = listen.parse().unwrap();
         config.port_range = range.0..=range.1;
         config.mcpvisor_exe = MCPVISOR.into();
         config.rescan_every = Duration::from_millis(500);

@@ -100,6 +100,7 @@ pub fn spawn(
         probe_task: None,
         log_mark: 0,
         deferred: None,
+        spawned_at: Instant::now(),
     };
     tracker.spawn(actor.run().instrument(span));
     WorkspaceHandle::new(sender)
@@ -166,6 +167,8 @@ struct Actor {
     log_mark: u64,
     /// A command taken off the queue while coalescing config changes.
     deferred: Option<Command>,
+    /// When the current child was spawned, for the spawn-to-ready histogram.
+    spawned_at: Instant,
 }
 
 async fn wait_child(child: &mut Option<Box<dyn Child>>) -> ExitInfo {
@@ -326,7 +329,9 @@ impl Actor {
         self.restart_at = None;
         if self.spawned {
             self.restart_count += 1;
+            self.ctx.metrics.restart(&self.name, reason);
         }
+        self.spawned_at = Instant::now();
         self.spawned = true;
         let port = match self.ctx.ports.acquire(&self.name) {
             Ok(port) => port,
@@ -393,12 +398,19 @@ impl Actor {
         let sender = self.probe_sender.clone();
         let transport = self.config.transport;
         let health = self.config.health.clone();
+        let metrics = self.ctx.metrics.clone();
+        let label = crate::metrics::WorkspaceLabel { workspace: self.name.clone() };
         let task = tokio::spawn(async move {
             let result = match kind {
                 ProbeKind::Readiness => {
                     probe::await_ready(&client, &url, transport, health.timeout, health.startup_timeout).await
                 }
-                ProbeKind::Liveness => probe::initialize(&client, &url, transport, health.timeout).await,
+                ProbeKind::Liveness => {
+                    let started = Instant::now();
+                    let result = probe::initialize(&client, &url, transport, health.timeout).await;
+                    metrics.probe_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+                    result
+                }
             };
             let _ = sender.send((generation, kind, result)).await;
         });
@@ -419,7 +431,10 @@ impl Actor {
                 self.health = Health::Healthy;
                 self.stable_at = Some(now + self.config.restart.stable_after);
                 self.health_at = Some(now + self.config.health.interval);
-                tracing::info!("child is ready");
+                let ready_in = self.spawned_at.elapsed();
+                let label = crate::metrics::WorkspaceLabel { workspace: self.name.clone() };
+                self.ctx.metrics.spawn_ready_seconds.get_or_create(&label).observe(ready_in.as_secs_f64());
+                tracing::info!(ready_ms = ready_in.as_millis() as u64, "child is ready");
                 self.set_status(Status::Running, "ready");
             }
             Err(e) => {
@@ -526,6 +541,7 @@ impl Actor {
     /// Records a failure and schedules what follows: a restart after
     /// backoff, a half-open trial once the breaker allows it, or nothing.
     fn fail(&mut self, error: ErrorRecord, reason: &str) {
+        self.ctx.metrics.failure(&self.name, reason);
         self.clear_timers();
         self.health = Health::Unknown;
         self.started_at = None;
@@ -598,6 +614,7 @@ impl Actor {
 
     fn set_status(&mut self, status: Status, reason: &str) {
         let previous = self.status;
+        self.ctx.metrics.transition(&self.name, previous, status);
         self.status = status;
         self.ctx.bus.transition(self.record(), Some(previous), reason);
     }
