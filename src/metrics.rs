@@ -66,7 +66,7 @@ pub struct Metrics {
     pub probe_seconds: HistogramFamily<WorkspaceLabel>,
     pub reconciles: Counter,
     pub reconcile_seconds: Histogram,
-    pub subscribers: Gauge,
+    pub subscribers: Family<WorkspaceLabel, Gauge>,
     pub events_published: Counter,
     pub events_resynced: Counter,
     pub rss_bytes: Family<WorkspaceLabel, Gauge>,
@@ -90,7 +90,7 @@ impl Metrics {
             probe_seconds: histograms(),
             reconciles: Counter::default(),
             reconcile_seconds: seconds_histogram(),
-            subscribers: Gauge::default(),
+            subscribers: Family::default(),
             events_published: Counter::default(),
             events_resynced: Counter::default(),
             rss_bytes: Family::default(),
@@ -109,7 +109,7 @@ impl Metrics {
         registry.register("probe_duration_seconds", "Duration of liveness probes", metrics.probe_seconds.clone());
         registry.register("reconciles", "Reconciles of the workspaces folder", metrics.reconciles.clone());
         registry.register("reconcile_duration_seconds", "Duration of a reconcile", metrics.reconcile_seconds.clone());
-        registry.register("sse_subscribers", "Open SSE status streams", metrics.subscribers.clone());
+        registry.register("sse_subscribers", "Open SSE status streams by followed workspace (`*` for all)", metrics.subscribers.clone());
         registry.register("events_published", "workspace/statusChanged notifications published", metrics.events_published.clone());
         registry.register("events_resynced", "Times a subscriber fell behind and was resynced", metrics.events_resynced.clone());
         registry.register("child_rss_bytes", "Resident memory of the workspace's process tree", metrics.rss_bytes.clone());
@@ -135,7 +135,8 @@ impl Metrics {
     }
 
     /// Fills the state gauges from snapshots and renders the text format.
-    pub fn render(&self, snapshot: &Snapshot, resources: &crate::resources::Sample, subscribers: usize, published: u64, resynced: u64) -> String {
+    /// `subscribers` are the followed workspaces of each open stream.
+    pub fn render(&self, snapshot: &Snapshot, resources: &crate::resources::Sample, subscribers: &[String], published: u64, resynced: u64) -> String {
         for family in [&self.status, &self.health, &self.breaker] {
             family.clear();
         }
@@ -153,7 +154,10 @@ impl Metrics {
             self.rss_bytes.get_or_create(&label).set(usage.rss_bytes as i64);
             self.cpu_percent.get_or_create(&label).set(usage.cpu_percent as f64);
         }
-        self.subscribers.set(subscribers as i64);
+        self.subscribers.clear();
+        for followed in subscribers {
+            self.subscribers.get_or_create(&WorkspaceLabel { workspace: followed.clone() }).inc();
+        }
         // Counters owned elsewhere are mirrored: they only grow.
         let mirror = |counter: &Counter, value: u64| {
             let current = counter.get();

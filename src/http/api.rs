@@ -35,11 +35,26 @@ pub fn render(state: &AppState, record: &WorkspaceRecord, now: SystemTime) -> Wo
     status
 }
 
-pub async fn list(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+#[derive(serde::Serialize)]
+pub struct WorkspaceList {
+    workspaces: Vec<WorkspaceStatus>,
+}
+
+/// `GET /api/workspaces`, sorted by name (the snapshot is a `BTreeMap`).
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<WorkspaceList> {
     let now = SystemTime::now();
     let snapshot = state.ctx.bus.view().load();
-    let workspaces: Vec<WorkspaceStatus> = snapshot.workspaces.values().map(|r| render(&state, r, now)).collect();
-    Json(json!({ "workspaces": workspaces }))
+    let sample = state.resources.load();
+    let workspaces = snapshot
+        .workspaces
+        .values()
+        .map(|r| {
+            let mut status = r.render(now);
+            status.resources = sample.children.get(&status.workspace).copied();
+            status
+        })
+        .collect();
+    Json(WorkspaceList { workspaces })
 }
 
 pub async fn one(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<WorkspaceStatus>, ApiError> {
@@ -120,7 +135,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.ctx.metrics.render(
         &bus.view().load(),
         &state.resources.load(),
-        state.subscribers.count(),
+        &state.subscribers.list().iter().map(|s| s.workspace.clone()).collect::<Vec<_>>(),
         bus.last_seq(),
         bus.resync_count(),
     );

@@ -61,11 +61,6 @@ impl Subscribers {
         self.open.lock().unwrap().values().cloned().collect()
     }
 
-    /// Open streams per followed workspace (`*` for all).
-    pub fn count(&self) -> usize {
-        self.open.lock().unwrap().len()
-    }
-
     fn add(self: &Arc<Self>, workspace: String, peer: Option<String>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let info = Arc::new(SubscriberInfo {

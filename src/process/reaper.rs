@@ -81,26 +81,23 @@ pub async fn run_reaper(cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         reap_adopted();
+        // Signals that arrive meanwhile coalesce: at most one /proc scan per 50 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The pids of the children mcpvisor spawned itself.
+pub fn leaders() -> HashSet<i32> {
+    REAPING.lock().unwrap().as_ref().map(|r| r.leaders.clone()).unwrap_or_default()
 }
 
 fn reap_adopted() {
     let me = std::process::id() as i32;
-    // Note adoptions first: a live adopted orphan is attributed by its
-    // environment while it still has one.
+    // A scan notes live adopted orphans first, while their environment
+    // still names their workspace; only non-leaders are looked at.
     let table = ProcTable::scan();
-    let names: HashSet<String> = table
-        .procs
-        .values()
-        .filter(|p| p.ppid == me)
-        .filter_map(|p| workspace_of(p.pid))
-        .collect();
-    for name in names {
-        for pid in table.procs.values().filter(|p| p.ppid == me).map(|p| p.pid) {
-            if workspace_of(pid).as_deref() == Some(name.as_str()) {
-                note_adopted(&[pid]);
-            }
-        }
+    for pids in table.adopted_pids() {
+        note_adopted(pids);
     }
     let mut reaping = REAPING.lock().unwrap();
     let Some(reaping) = reaping.as_mut() else { return };
@@ -112,11 +109,4 @@ fn reap_adopted() {
         Some(info) => info.ppid == me,
         None => false,
     });
-}
-
-fn workspace_of(pid: i32) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|b| *b == 0)
-        .find_map(|var| var.strip_prefix(b"MCPVISOR_WORKSPACE="))
-        .map(|name| String::from_utf8_lossy(name).into_owned())
 }

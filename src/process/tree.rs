@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-
 /// One process as `/proc/<pid>/stat` describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcInfo {
@@ -40,6 +39,11 @@ pub fn proc_info(pid: i32) -> Option<ProcInfo> {
 pub struct ProcTable {
     pub procs: HashMap<i32, ProcInfo>,
     children: HashMap<i32, Vec<i32>>,
+    groups: HashMap<i32, Vec<i32>>,
+    /// Orphans mcpvisor adopted, by the workspace their environment names.
+    /// Only non-leader children are read, once per scan: a leader belongs
+    /// to its own group anyway.
+    adopted: HashMap<String, Vec<i32>>,
 }
 
 impl ProcTable {
@@ -54,10 +58,25 @@ impl ProcTable {
             };
             if let Some(info) = proc_info(pid).filter(|i| !i.zombie) {
                 table.children.entry(info.ppid).or_default().push(pid);
+                table.groups.entry(info.pgrp).or_default().push(pid);
                 table.procs.insert(pid, info);
             }
         }
+        let me = std::process::id() as i32;
+        let leaders = super::reaper::leaders();
+        for &pid in table.children.get(&me).into_iter().flatten() {
+            if !leaders.contains(&pid) {
+                if let Some(workspace) = workspace_of(pid) {
+                    table.adopted.entry(workspace).or_default().push(pid);
+                }
+            }
+        }
         table
+    }
+
+    /// Adopted orphans, grouped by workspace.
+    pub fn adopted_pids(&self) -> impl Iterator<Item = &[i32]> {
+        self.adopted.values().map(Vec::as_slice)
     }
 
     /// The live processes of a workspace's tree (see the module comment).
@@ -65,18 +84,11 @@ impl ProcTable {
     /// Processes mcpvisor adopted for this workspace are noted for the
     /// reaper, which reaps only those.
     pub fn tree(&self, pgid: i32, workspace: &str) -> Vec<i32> {
-        let me = std::process::id() as i32;
-        let mut roots: Vec<i32> = self.procs.values().filter(|p| p.pgrp == pgid).map(|p| p.pid).collect();
-        let adopted: Vec<i32> = self
-            .children
-            .get(&me)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|pid| environ_names(*pid, workspace))
-            .collect();
-        super::reaper::note_adopted(&adopted);
-        roots.extend(adopted);
+        let mut roots: Vec<i32> = self.groups.get(&pgid).cloned().unwrap_or_default();
+        if let Some(adopted) = self.adopted.get(workspace) {
+            super::reaper::note_adopted(adopted);
+            roots.extend(adopted);
+        }
         let mut seen = HashSet::new();
         while let Some(pid) = roots.pop() {
             if seen.insert(pid) {
@@ -89,9 +101,10 @@ impl ProcTable {
     }
 }
 
-/// Whether the process's environment has `MCPVISOR_WORKSPACE=<workspace>`.
-fn environ_names(pid: i32, workspace: &str) -> bool {
-    let needle = format!("MCPVISOR_WORKSPACE={workspace}");
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+/// The workspace a process's environment names (`MCPVISOR_WORKSPACE`).
+pub fn workspace_of(pid: i32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"MCPVISOR_WORKSPACE="))
+        .map(|name| String::from_utf8_lossy(name).into_owned())
 }

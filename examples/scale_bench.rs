@@ -1,0 +1,291 @@
+//! Scale figures for BENCHMARKS.md: SSE fan-out to 10,000 subscribers,
+//! `/api/workspaces` with 1,000 workspaces under load while restarts run,
+//! and the daemon's idle cost with 100 workspaces.
+//!
+//! Run: `cargo build --release && cargo run --release --example scale_bench [subscribers|api|idle]`
+//! The daemon runs as a separate process (the release binary), so its RSS
+//! is its own; load goes to 127.0.0.1 only and every part stops by itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn mcpvisor_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("mcpvisor");
+    assert!(bin.exists(), "{} missing: run `cargo build --release` first", bin.display());
+    bin
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Daemon {
+    async fn start(workspaces: &[(String, Value)], range: (u16, u16)) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("workspaces");
+        std::fs::create_dir_all(&ws).unwrap();
+        for (name, body) in workspaces {
+            std::fs::write(ws.join(format!("{name}.json")), body.to_string()).unwrap();
+        }
+        let addr = format!("127.0.0.1:{}", portpicker::pick_unused_port().unwrap());
+        let child = Command::new(mcpvisor_binary())
+            .args(["serve", "--listen", &addr, "--port-range", &format!("{}-{}", range.0, range.1), "--workspaces"])
+            .arg(&ws)
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .env("MCPVISOR_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let daemon = Daemon { child, addr, _dir: dir, http };
+        while daemon.get("/readyz").await.map_or(true, |(code, _)| code != 200) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        daemon
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, Value)> {
+        let r = self.http.get(format!("http://{}{path}", self.addr)).send().await.ok()?;
+        Some((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn wait_all(&self, status: &str, n: usize) {
+        loop {
+            if let Some((_, body)) = self.get("/api/workspaces").await {
+                let done = body["workspaces"].as_array().map_or(0, |a| a.iter().filter(|w| w["status"] == status).count());
+                if done >= n {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+        kb * 1024
+    }
+
+    /// utime + stime of the daemon, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn demo() -> Value {
+    json!({"command": "${MCPVISOR}", "args": ["demo-server", "--port", "${PORT}"]})
+}
+
+fn range(n: u16) -> (u16, u16) {
+    let base = 43000;
+    (base, base + n + 50)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn subscribers(n: usize, rounds: usize) {
+    let daemon = Daemon::start(&[("w".into(), demo())], range(4)).await;
+    daemon.wait_all("running", 1).await;
+    let rss_before = daemon.rss_bytes();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let addr = Arc::new(daemon.addr.clone());
+    let gate = Arc::new(tokio::sync::Semaphore::new(200));
+    for _ in 0..n {
+        let (tx, ready_tx, addr, gate) = (tx.clone(), ready_tx.clone(), addr.clone(), gate.clone());
+        tokio::spawn(async move {
+            let mut permit = Some(gate.acquire_owned().await.unwrap());
+            let mut stream = TcpStream::connect(addr.as_str()).await.unwrap();
+            let request = format!("GET /api/workspaces/w/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut seen_snapshot = false;
+            let mut round = 0;
+            loop {
+                let Ok(read) = stream.read(&mut buf).await else { return };
+                if read == 0 {
+                    return;
+                }
+                let chunk = &buf[..read];
+                let has = |needle: &[u8]| chunk.windows(needle.len()).any(|w| w == needle);
+                if !seen_snapshot && has(b"\"reason\":\"snapshot\"") {
+                    seen_snapshot = true;
+                    permit.take();
+                    let _ = ready_tx.send(());
+                    continue;
+                }
+                let marker: &[u8] = if round % 2 == 0 { b"\"status\":\"stopping\"" } else { b"\"status\":\"starting\"" };
+                if seen_snapshot && has(marker) {
+                    let _ = tx.send((round, Instant::now()));
+                    round += 1;
+                }
+            }
+        });
+    }
+    for _ in 0..n {
+        ready_rx.recv().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = daemon.rss_bytes();
+    let mut all = Vec::new();
+    let mut lasts = Vec::new();
+    for round in 0..rounds {
+        let action = if round % 2 == 0 { "stop" } else { "start" };
+        let t0 = Instant::now();
+        daemon.http.post(format!("http://{}/api/workspaces/w/{action}", daemon.addr)).send().await.unwrap();
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let (r, at) = rx.recv().await.unwrap();
+            assert_eq!(r, round);
+            got.push(at - t0);
+        }
+        got.sort();
+        lasts.push(*got.last().unwrap());
+        all.extend(got);
+        // Let the child finish starting or stopping before the next round.
+        daemon.wait_all(if round % 2 == 0 { "stopped" } else { "running" }, 1).await;
+    }
+    all.sort();
+    lasts.sort();
+    println!("## {n} SSE subscribers on one workspace, {rounds} status changes");
+    println!("| figure | value |\n|---|---|");
+    println!("| POST to event received, p50 over all subscribers | {} |", ms(percentile(&all, 0.5)));
+    println!("| POST to event received, p99 over all subscribers | {} |", ms(percentile(&all, 0.99)));
+    println!("| POST to last subscriber, median of rounds | {} |", ms(percentile(&lasts, 0.5)));
+    println!("| POST to last subscriber, worst round | {} |", ms(*lasts.last().unwrap()));
+    println!("| daemon RSS before / after connecting | {} / {} MiB |", rss_before >> 20, rss_after >> 20);
+    println!("| daemon RSS per subscriber | {:.1} KiB |", (rss_after.saturating_sub(rss_before)) as f64 / n as f64 / 1024.0);
+}
+
+async fn api(n_workspaces: u16, seconds: u64, concurrency: usize) {
+    // A cheap child that never answers MCP: it stays `starting`, which is
+    // all an API read needs, and 1,000 of them fit in memory.
+    let cheap = json!({"command": "/bin/sleep", "args": ["100000"], "health": {"startupTimeout": "1h"}, "stop": {"grace": "1s"}});
+    let names: Vec<(String, Value)> = (0..n_workspaces).map(|i| (format!("w{i:04}"), cheap.clone())).collect();
+    let daemon = Daemon::start(&names, range(n_workspaces)).await;
+    daemon.wait_all("starting", n_workspaces as usize).await;
+    let url = format!("http://{}/api/workspaces", daemon.addr);
+    let body = daemon.http.get(&url).send().await.unwrap().bytes().await.unwrap();
+
+    // Restarts run all along: one every 10 ms.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let restarter = tokio::spawn({
+        let (http, addr, stop) = (daemon.http.clone(), daemon.addr.clone(), stop.clone());
+        async move {
+            let mut i = 0u32;
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i = (i * 7 + 13) % n_workspaces as u32;
+                let _ = http.post(format!("http://{addr}/api/workspaces/w{i:04}/restart")).send().await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url) = (reqwest::Client::builder().no_proxy().build().unwrap(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let r = http.get(&url).send().await.unwrap();
+                let _ = r.bytes().await.unwrap();
+                latencies.push(t0.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let restarts = restarter.await.unwrap();
+    all.sort();
+    println!("## GET /api/workspaces with {n_workspaces} workspaces, {concurrency} concurrent clients for {seconds} s, restarts every 10 ms");
+    println!("| figure | value |\n|---|---|");
+    println!("| response size | {} KiB |", body.len() / 1024);
+    println!("| requests/s | {:.0} |", all.len() as f64 / seconds as f64);
+    println!("| latency p50 / p99 | {} / {} |", ms(percentile(&all, 0.5)), ms(percentile(&all, 0.99)));
+    println!("| restarts issued meanwhile | {restarts} |");
+    if which("wrk") {
+        let out = Command::new("wrk").args(["-t2", &format!("-c{concurrency}"), &format!("-d{seconds}s"), "--latency", &url]).output().unwrap();
+        println!("\nwrk -t2 -c{concurrency} -d{seconds}s --latency {url}\n```\n{}```", String::from_utf8_lossy(&out.stdout));
+    } else {
+        println!("(wrk not installed: `apt-get install wrk` for the same run under wrk)");
+    }
+    // The single-workspace route, for comparison.
+    let one = format!("http://{}/api/workspaces/w0001", daemon.addr);
+    let mut single = Vec::new();
+    for _ in 0..2000 {
+        let t0 = Instant::now();
+        let _ = daemon.http.get(&one).send().await.unwrap().bytes().await.unwrap();
+        single.push(t0.elapsed());
+    }
+    single.sort();
+    println!("| GET /api/workspaces/{{name}} sequential p50 / p99 | {} / {} |", ms(percentile(&single, 0.5)), ms(percentile(&single, 0.99)));
+}
+
+fn which(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(name).exists()))
+}
+
+async fn idle(n: u16) {
+    let names: Vec<(String, Value)> = (0..n).map(|i| (format!("d{i:03}"), demo())).collect();
+    let daemon = Daemon::start(&names, range(n)).await;
+    daemon.wait_all("running", n as usize).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as f64;
+    let (t0, c0) = (Instant::now(), daemon.cpu_ticks());
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let cpu = (daemon.cpu_ticks() - c0) as f64 / ticks_per_s / t0.elapsed().as_secs_f64() * 100.0;
+    println!("## Idle daemon with {n} demo-server workspaces (probes every 10 s, sampling every 2 s)");
+    println!("| figure | value |\n|---|---|");
+    println!("| daemon RSS | {} MiB |", daemon.rss_bytes() >> 20);
+    println!("| daemon CPU over 20 s | {cpu:.2} % of one core |");
+}
+
+#[tokio::main]
+async fn main() {
+    let part = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if part == "all" || part == "subscribers" {
+        subscribers(10_000, 6).await;
+    }
+    if part == "all" || part == "api" {
+        api(1000, 10, 32).await;
+    }
+    if part == "all" || part == "idle" {
+        idle(100).await;
+    }
+}
