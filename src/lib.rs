@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub rescan_every: Duration,
     /// How often child resources are sampled.
     pub sample_every: Duration,
+    /// How long a proxied JSON-RPC request may wait on its child.
+    pub proxy_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -64,6 +66,7 @@ impl ServeConfig {
             mcpvisor_exe: std::env::current_exe().unwrap_or_else(|_| "mcpvisor".into()),
             rescan_every: Duration::from_secs(2),
             sample_every: Duration::from_secs(2),
+            proxy_timeout: http::proxy::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -150,6 +153,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         token: config.token.clone(),
         listen_host: config.listen.ip().to_string(),
         shutdown: shutdown.clone(),
+        proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
     });
     let server = axum::serve(
         listener,
