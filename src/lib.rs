@@ -155,6 +155,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         shutdown: shutdown.clone(),
         proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
     });
+    // Small writes (SSE events, proxied answers) go out at once: with Nagle's
+    // algorithm on, each would wait for the client's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
