@@ -157,8 +157,8 @@ async fn a_killed_child_answers_its_pending_call_within_100ms() {
     assert_eq!(error["error"]["code"], -32000, "{error}");
     assert!(error["error"]["message"].as_str().unwrap().starts_with("workspace \"demo\""), "{error}");
 
-    // A stateless client right after: an immediate error, or a success once restarted.
-    daemon.wait_status("demo", "running", READY).await;
+    // The restarted child serves new clients.
+    daemon.wait_for("demo", READY, |s| s["status"] == "running" && s["pid"].as_u64() != Some(pid)).await;
     assert_eq!(rmcp_call(&url, "echo", json!({"text": "back"})).await, "back");
 }
 
