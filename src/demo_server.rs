@@ -110,6 +110,10 @@ pub async fn serve_http(port: u16) -> std::io::Result<()> {
     let router = axum::Router::new().nest_service("/mcp", service);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     eprintln!("mcpvisor demo-server: listening on http://{}/mcp", listener.local_addr()?);
+    // Without TCP_NODELAY each SSE answer waits on the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub sample_every: Duration,
     /// Past events kept for `Last-Event-ID` replay.
     pub event_ring: usize,
+    /// How long a proxied JSON-RPC request may wait on its child.
+    pub proxy_timeout: Duration,
 }
 
 impl ServeConfig {
@@ -68,6 +70,7 @@ impl ServeConfig {
             rescan_every: Duration::from_secs(2),
             sample_every: Duration::from_secs(2),
             event_ring: DEFAULT_RING_CAPACITY,
+            proxy_timeout: http::proxy::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -175,6 +178,12 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         token: config.token.clone(),
         listen_host: config.listen.ip().to_string(),
         shutdown: shutdown.clone(),
+        proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
+    });
+    // Small writes (SSE events, proxied answers) go out at once: with Nagle's
+    // algorithm on, each would wait for the client's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
     });
     let server = axum::serve(
         listener,

@@ -57,10 +57,14 @@ fn render(state: &AppState, component: &str) -> Option<Value> {
                 })
                 .collect(),
         ),
-        "connections" => json!({
-            "subscribers": state.subscribers.list(),
-            "proxySessions": [],
-        }),
+        "connections" => {
+            let (sessions, streams) = state.proxy.connections.render();
+            json!({
+                "subscribers": state.subscribers.list(),
+                "proxySessions": sessions,
+                "proxyStreams": streams,
+            })
+        }
         "resources" => {
             let (lo, hi) = state.ctx.ports.range();
             let sample = state.resources.load();

@@ -1,4 +1,5 @@
-//! The HTTP surface of DESIGN §6: API, SSE streams, debug state, dashboard.
+//! The HTTP surface of DESIGN §6: API, SSE streams, debug state, MCP proxy,
+//! dashboard.
 //!
 //! Every handler answers from snapshots ([`crate::state::StateView`]) or
 //! queues a command to an actor without waiting on it: no handler awaits a
@@ -9,6 +10,7 @@ mod dashboard;
 mod debug;
 mod error;
 mod guard;
+pub mod proxy;
 pub(crate) mod sse;
 
 use std::sync::atomic::AtomicBool;
@@ -37,6 +39,8 @@ pub struct AppState {
     pub listen_host: String,
     /// Ends open SSE streams at shutdown so the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The MCP reverse proxy (DESIGN §8).
+    pub proxy: Arc<proxy::Proxy>,
 }
 
 /// Builds the router over `state`; tests drive it with `oneshot`.
@@ -53,6 +57,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/debug/state", get(debug::all))
         .route("/api/debug/state/{component}", get(debug::component))
         .route("/metrics", get(api::metrics))
+        .route("/workspaces/{name}/mcp", post(proxy::mcp).get(proxy::mcp).delete(proxy::mcp))
+        .route("/workspaces/{name}/sse", get(proxy::legacy_sse))
+        .route("/workspaces/{name}/messages", post(proxy::legacy_messages))
         .route("/", get(dashboard::page))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check))

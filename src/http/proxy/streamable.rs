@@ -1,0 +1,115 @@
+//! `/workspaces/{name}/mcp`: MCP Streamable HTTP, every revision from
+//! 2025-03-26 (sessions, GET streams, `Last-Event-ID`) to the stateless
+//! 2026-07-28 one, relayed to the child's endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::response::Response;
+use axum::Extension;
+
+use super::jsonrpc::{self, Peeked};
+use super::relay::{self, Tracked};
+use super::{downstream_headers, is_event_stream, peer, read_body, unavailable, upstream_headers, upstream_uri, ProxyError};
+use crate::http::AppState;
+use crate::state::Status;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Relays one request to the child of workspace `name`.
+pub async fn mcp(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: Request,
+) -> Response {
+    let proxy = &state.proxy;
+    let (parts, body) = request.into_parts();
+    let (body, peeked) = if parts.method == Method::POST {
+        match read_body(&parts.headers, body).await {
+            Ok(bytes) => {
+                let peeked = jsonrpc::peek(&bytes);
+                (Body::from(bytes), peeked)
+            }
+            Err(response) => return response,
+        }
+    } else {
+        (body, Peeked::default())
+    };
+
+    let Some(record) = proxy.bus.view().get(&name) else {
+        return ProxyError::unknown(&name).reply(&peeked);
+    };
+    match record.status.transport {
+        "sse" => return ProxyError::wrong_transport(&name, "sse", &format!("use /workspaces/{name}/sse")).reply(&peeked),
+        "stdio" => return ProxyError::wrong_transport(&name, "stdio", "stdio children are not bridged yet").reply(&peeked),
+        _ => {}
+    }
+    let (Some(run), Some(port), Some(target)) = (proxy.run(&name), record.status.port, record.status.upstream.as_deref())
+    else {
+        let record = proxy.bus.view().get(&name).unwrap_or(record);
+        return unavailable(&name, &record).reply(&peeked);
+    };
+    if record.status.status != Status::Running {
+        return unavailable(&name, &record).reply(&peeked);
+    }
+    let path = target.find("://").and_then(|i| target[i + 3..].find('/').map(|j| &target[i + 3 + j..])).unwrap_or("/mcp");
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    let Some(uri) = upstream_uri(port, &path_and_query) else {
+        return ProxyError::unknown(&name).reply(&peeked);
+    };
+
+    let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(session) = &session {
+        proxy.connections.touch_session(&name, session, "streamable-http");
+    }
+    let registration = proxy.connections.open(&name, "streamable-http", parts.method.as_str(), session.as_deref(), peer(connect));
+    registration.exchange.add_pending(&peeked.requests);
+
+    let mut upstream = axum::http::Request::new(body);
+    *upstream.method_mut() = parts.method.clone();
+    *upstream.uri_mut() = uri;
+    *upstream.headers_mut() = upstream_headers(&parts.headers, port, state.token.is_some());
+
+    let timeout = (!peeked.requests.is_empty()).then_some(proxy.request_timeout);
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let response = tokio::select! {
+        biased;
+        response = proxy.client.request(upstream) => response,
+        _ = run.cancelled() => return proxy.broken(&name, &run, "the child exited").await.reply(&peeked),
+        _ = relay::sleep_until(deadline) => return proxy.timed_out(&name).reply(&peeked),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            return proxy.broken(&name, &run, &detail).await.reply(&peeked);
+        }
+    };
+
+    let (mut parts_out, incoming) = response.into_parts();
+    if let Some(issued) = parts_out.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+        proxy.connections.touch_session(&name, issued, "streamable-http");
+        registration.exchange.set_session(issued);
+    }
+    if parts.method == Method::DELETE && parts_out.status.is_success() {
+        if let Some(session) = &session {
+            proxy.connections.end_session(&name, session);
+        }
+    }
+    downstream_headers(&mut parts_out.headers);
+    let body = if is_event_stream(&parts_out.headers) {
+        parts_out.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        relay::sse_body(proxy.clone(), name, incoming, run, registration, remaining)
+    } else {
+        Body::new(Tracked::new(incoming, registration))
+    };
+    Response::from_parts(parts_out, body)
+}

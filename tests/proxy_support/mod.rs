@@ -1,0 +1,293 @@
+//! Helpers for the proxy tests: an in-process daemon on port 0 in
+//! a temp folder, status polling with deadlines, and real MCP clients.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The mcpvisor binary, for `${MCPVISOR}` and for CLI tests.
+pub const MCPVISOR: &str = env!("CARGO_BIN_EXE_mcpvisor");
+
+/// A workspace running the built-in demo server.
+pub fn demo() -> Value {
+    json!({"command": "${MCPVISOR}", "args": ["demo-server", "--port", "${PORT}"]})
+}
+
+/// The repository root (for the Python venv and example servers).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python; `scripts/test` creates it.
+pub fn python() -> PathBuf {
+    let python = repo().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup-python first", python.display());
+    python
+}
+
+/// A port range of 32 ports that no other test is likely to use.
+pub fn port_range() -> (u16, u16) {
+    let base = portpicker::pick_unused_port().expect("a free port") / 32 * 32;
+    let base = base.clamp(20000, 60000);
+    (base, base + 31)
+}
+
+/// A daemon started in-process, with its own workspaces and state folders.
+pub struct Daemon {
+    pub url: String,
+    pub root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    pub range: (u16, u16),
+    shutdown: CancellationToken,
+    done: Option<tokio::task::JoinHandle<()>>,
+    pub http: reqwest::Client,
+}
+
+impl Daemon {
+    pub fn workspaces(&self) -> PathBuf {
+        self.root.join("workspaces")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// Writes workspace files into a new temp folder and starts a daemon on it.
+    pub async fn start(files: &[(&str, Value)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("workspaces")).unwrap();
+        for (name, body) in files {
+            write_file(&root.join("workspaces").join(format!("{name}.json")), body);
+        }
+        let mut daemon = Daemon::start_at(&root, port_range()).await;
+        daemon._dir = Some(dir);
+        daemon
+    }
+
+    /// Starts a daemon on an existing root (workspaces/ and state/ inside).
+    pub async fn start_at(root: &Path, range: (u16, u16)) -> Daemon {
+        let mut config = mcpvisor::ServeConfig::new(root.join("workspaces"), root.join("state"));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.port_range = range.0..=range.1;
+        config.mcpvisor_exe = MCPVISOR.into();
+        config.rescan_every = Duration::from_millis(500);
+        config.sample_every = Duration::from_millis(500);
+        let shutdown = CancellationToken::new();
+        let running = mcpvisor::start(config, shutdown.clone()).await.expect("daemon starts");
+        Daemon {
+            url: format!("http://{}", running.addr),
+            root: root.to_path_buf(),
+            _dir: None,
+            range,
+            shutdown,
+            done: Some(running.done),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    /// Shuts the daemon down and waits until every child is stopped. The
+    /// temp folder is handed back so a test can start another daemon on it.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        self.shutdown.cancel();
+        if let Some(done) = self.done.take() {
+            tokio::time::timeout(Duration::from_secs(30), done).await.expect("daemon stops within 30 s").unwrap();
+        }
+        self._dir.take()
+    }
+
+    pub fn write(&self, name: &str, body: &Value) {
+        write_file(&self.workspaces().join(format!("{name}.json")), body);
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let response = self.http.post(format!("{}{path}", self.url)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn status(&self, name: &str) -> Value {
+        let (code, body) = self.get(&format!("/api/workspaces/{name}")).await;
+        assert_eq!(code, 200, "GET /api/workspaces/{name}: {body}");
+        body
+    }
+
+    /// Polls the workspace until `pred` holds; panics with the last status
+    /// after `within`.
+    pub async fn wait_for(&self, name: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (code, body) = self.get(&format!("/api/workspaces/{name}")).await;
+            if code == 200 && pred(&body) {
+                return body;
+            }
+            if Instant::now() >= deadline {
+                panic!("workspace {name:?}: condition not met within {within:?}; last status ({code}): {body:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, name: &str, status: &str, within: Duration) -> Value {
+        self.wait_for(name, within, |s| s["status"] == status).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn write_file(path: &Path, body: &Value) {
+    let text = serde_json::to_vec_pretty(body).unwrap();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Whether a process with `pid` is alive (not a zombie).
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').map_or(false, |(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Waits until `pid` is gone; panics after `within`.
+pub async fn wait_gone(pid: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} still alive after {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Calls `tool` with `args` on the MCP server at `url` with the rmcp client
+/// (Streamable HTTP, stateful); returns the text of the result.
+pub async fn rmcp_call(url: &str, tool: &str, args: Value) -> String {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_string()));
+    let client = ().serve(transport).await.expect("rmcp client initializes");
+    let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
+    let result = client.call_tool(params).await.expect("tool call succeeds");
+    let _ = client.cancel().await;
+    let value = serde_json::to_value(&result).unwrap();
+    value["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["text"].as_str())
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// Runs `tests/py/mcp_client.py` (the Python `mcp` SDK client); returns its JSON line.
+pub async fn python_call(url: &str, transport: &str, tool: &str, args: Value) -> Value {
+    let output = tokio::process::Command::new(python())
+        .arg(repo().join("tests/py/mcp_client.py"))
+        .args(["--url", url, "--transport", transport, "--tool", tool, "--args", &args.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "python client failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("python client prints JSON")
+}
+
+/// Reads SSE events from `url` until `count` arrived or `within` passed.
+pub async fn read_events(http: &reqwest::Client, url: &str, last_event_id: Option<u64>, count: usize, within: Duration) -> Vec<(u64, Value)> {
+    use eventsource_stream::Eventsource;
+    let mut request = http.get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id.to_string());
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = response.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + within;
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(Ok(event))) => out.push((event.id.parse().unwrap(), serde_json::from_str(&event.data).unwrap())),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// A Python `mcp` SDK server from `examples/servers/notes.py`.
+pub fn notes(transport: &str) -> Value {
+    json!({
+        "command": python().to_string_lossy(),
+        "args": [repo().join("examples/servers/notes.py").to_string_lossy(), "--port", "${PORT}", "--transport", transport],
+        "transport": transport,
+        "env": {"NOTES_DIR": "${DATA_DIR}/notes"},
+    })
+}
+
+/// Runs `tests/py/mcp_client.py` with extra flags; returns its JSON line.
+pub async fn python_client(args: &[&str]) -> Value {
+    let output = tokio::process::Command::new(python())
+        .arg(repo().join("tests/py/mcp_client.py"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "python client {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("python client prints JSON")
+}
+
+/// One raw MCP POST; returns the HTTP status, the session id it issued and
+/// every JSON-RPC message of the answer (a JSON body or SSE `data` events).
+pub async fn mcp_post(http: &reqwest::Client, url: &str, session: Option<&str>, body: &Value) -> (u16, Option<String>, Vec<Value>) {
+    let mut request = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body.to_string());
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let session = response.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_string());
+    let sse = response.headers().get("content-type").is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
+    let text = response.text().await.unwrap_or_default();
+    let messages = if sse {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
+    } else {
+        serde_json::from_str(&text).map(|v| vec![v]).unwrap_or_default()
+    };
+    (status, session, messages)
+}
+
+/// Initializes a stateful session on `url`; returns its id, if any.
+pub async fn mcp_initialize(http: &reqwest::Client, url: &str) -> Option<String> {
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "proxy-test", "version": "0"}}});
+    let (status, session, messages) = mcp_post(http, url, None, &init).await;
+    assert_eq!(status, 200, "initialize: {messages:?}");
+    assert!(messages.iter().any(|m| m["id"] == 0 && m["result"].is_object()), "initialize: {messages:?}");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, _) = mcp_post(http, url, session.as_deref(), &initialized).await;
+    assert!(status == 202 || status == 200, "initialized: {status}");
+    session
+}
