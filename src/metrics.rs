@@ -135,6 +135,11 @@ impl Metrics {
     }
 
     /// Fills the state gauges from snapshots and renders the text format.
+    pub fn proxy_request(&self, workspace: &str, code: u16, took: std::time::Duration) {
+        self.proxy_requests.get_or_create(&CodeLabel { workspace: workspace.into(), code: code.to_string() }).inc();
+        self.proxy_seconds.get_or_create(&WorkspaceLabel { workspace: workspace.into() }).observe(took.as_secs_f64());
+    }
+
     /// `subscribers` are the followed workspaces of each open stream.
     pub fn render(&self, snapshot: &Snapshot, resources: &crate::resources::Sample, subscribers: &[String], published: u64, resynced: u64) -> String {
         for family in [&self.status, &self.health, &self.breaker] {

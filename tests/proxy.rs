@@ -1,12 +1,12 @@
 //! The MCP proxy (DESIGN §8): real clients through `/workspaces/{name}/mcp`
 //! and `/sse` to real children, and the promise never to hang.
 
-mod proxy_support;
+mod common;
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use proxy_support::*;
+use common::*;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 

@@ -30,11 +30,15 @@ pub fn python() -> PathBuf {
     python
 }
 
-/// A port range of 32 ports that no other test is likely to use.
+/// A port range of 32 ports of its own: daemons of one test binary never
+/// share ports (cargo runs test binaries one at a time; the base depends on
+/// the pid to keep clear of other processes' leftovers).
 pub fn port_range() -> (u16, u16) {
-    let base = portpicker::pick_unused_port().expect("a free port") / 32 * 32;
-    let base = base.clamp(20000, 60000);
-    (base, base + 31)
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 150) as u16 * 200;
+    let offset = NEXT.fetch_add(32, std::sync::atomic::Ordering::Relaxed) % 6400;
+    let lo = base + offset;
+    (lo, lo + 31)
 }
 
 /// A daemon started in-process, with its own workspaces and state folders.
@@ -246,4 +250,67 @@ pub fn processes_of(workspace: &str) -> Vec<u64> {
                 .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
         })
         .collect()
+}
+
+/// A Python `mcp` SDK server from `examples/servers/notes.py`.
+pub fn notes(transport: &str) -> Value {
+    json!({
+        "command": python().to_string_lossy(),
+        "args": [repo().join("examples/servers/notes.py").to_string_lossy(), "--port", "${PORT}", "--transport", transport],
+        "transport": transport,
+        "env": {"NOTES_DIR": "${DATA_DIR}/notes"},
+    })
+}
+
+/// Runs `tests/py/mcp_client.py` with extra flags; returns its JSON line.
+pub async fn python_client(args: &[&str]) -> Value {
+    let output = tokio::process::Command::new(python())
+        .arg(repo().join("tests/py/mcp_client.py"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "python client {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("python client prints JSON")
+}
+
+/// One raw MCP POST; returns the HTTP status, the session id it issued and
+/// every JSON-RPC message of the answer (a JSON body or SSE `data` events).
+pub async fn mcp_post(http: &reqwest::Client, url: &str, session: Option<&str>, body: &Value) -> (u16, Option<String>, Vec<Value>) {
+    let mut request = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(body.to_string());
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let session = response.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_string());
+    let sse = response.headers().get("content-type").is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
+    let text = response.text().await.unwrap_or_default();
+    let messages = if sse {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
+    } else {
+        serde_json::from_str(&text).map(|v| vec![v]).unwrap_or_default()
+    };
+    (status, session, messages)
+}
+
+/// Initializes a stateful session on `url`; returns its id, if any.
+pub async fn mcp_initialize(http: &reqwest::Client, url: &str) -> Option<String> {
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "proxy-test", "version": "0"}}});
+    let (status, session, messages) = mcp_post(http, url, None, &init).await;
+    assert_eq!(status, 200, "initialize: {messages:?}");
+    assert!(messages.iter().any(|m| m["id"] == 0 && m["result"].is_object()), "initialize: {messages:?}");
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, _) = mcp_post(http, url, session.as_deref(), &initialized).await;
+    assert!(status == 202 || status == 200, "initialized: {status}");
+    session
 }

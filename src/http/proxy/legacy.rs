@@ -255,6 +255,18 @@ pub async fn messages(
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
+    let started = tokio::time::Instant::now();
+    let response = relay_message(&state, name.clone(), connect, request).await;
+    state.ctx.metrics.proxy_request(&name, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn relay_message(
+    state: &Arc<AppState>,
+    name: String,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: Request,
+) -> Response {
     let proxy = state.proxy.clone();
     let (parts, body) = request.into_parts();
     let bytes = match read_body(&parts.headers, body).await {

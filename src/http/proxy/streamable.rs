@@ -19,10 +19,23 @@ use crate::state::Status;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// Relays one request to the child of workspace `name`.
+/// Relays one request to the child of workspace `name`, counting it in
+/// `mcpvisor_proxy_requests_total` and timing it to the response headers.
 pub async fn mcp(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: Request,
+) -> Response {
+    let started = tokio::time::Instant::now();
+    let response = relay_mcp(&state, name.clone(), connect, request).await;
+    state.ctx.metrics.proxy_request(&name, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn relay_mcp(
+    state: &Arc<AppState>,
+    name: String,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
