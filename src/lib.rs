@@ -9,7 +9,7 @@ pub mod config;
 pub mod demo_server;
 mod fsutil;
 pub mod http;
-mod lock;
+pub mod lock;
 pub mod metrics;
 pub mod ports;
 pub mod process;
@@ -123,7 +123,10 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let state_dir = absolute(&config.state_dir, "state folder")?;
     let workspaces_dir = absolute(&config.workspaces_dir, "workspaces folder")?;
     std::fs::create_dir_all(&state_dir).map_err(|source| ServeError::Io { what: "creating state folder", path: state_dir.clone(), source })?;
-    let lock = lock::StateLock::acquire(&state_dir)?;
+    let lock_dir = state_dir.clone();
+    let lock = tokio::task::spawn_blocking(move || lock::StateLock::acquire(&lock_dir, Duration::from_secs(3)))
+        .await
+        .expect("taking the state lock does not panic")?;
     // Orphans of the workspace trees are reparented to us, not to init.
     if let Err(e) = process::reaper::become_subreaper() {
         tracing::warn!("cannot become child subreaper: {e}; double-forked children may escape");
@@ -144,7 +147,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let view = Arc::new(StateView::new());
     let bus = EventBus::new(view, config.event_ring);
     let ctx = Arc::new(SupervisorContext {
-        launcher: Arc::new(LocalLauncher),
+        launcher: Arc::new(LocalLauncher::new(process::spawner::Spawner::start(tokio::runtime::Handle::current()))),
         ports: PortAllocator::load(&state_dir, config.port_range.clone()),
         bus: bus.clone(),
         launch: LaunchContext {
@@ -208,6 +211,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         }
     };
     let registry_for_sampler = registry.clone();
+    let registry_at_exit = registry.clone();
     let manager = Manager::new(ctx.clone(), registry, workspaces_dir, ready, actors_cancel.clone(), tracker.clone(), config.rescan_every, watcher, changes_tx);
     let manager = tracker.spawn(manager.run(changes));
     tracker.spawn(resources::run_sampler(ctx.clone(), registry_for_sampler, resources, config.sample_every, actors_cancel.clone()));
@@ -223,6 +227,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             tracing::error!("some workspaces did not stop within 60 s");
         }
         let _ = server.await;
+        // A child's orphan may have been forked after its tree's last scan.
+        let names = registry_at_exit.names();
+        let _ = tokio::task::spawn_blocking(move || process::reaper::kill_adopted(&names)).await;
         if let Some(guard) = guard {
             let _ = tokio::task::spawn_blocking(move || guard.finish()).await;
         }

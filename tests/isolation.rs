@@ -100,7 +100,12 @@ async fn kill_9_of_the_daemon_leaves_nothing_and_a_new_daemon_reuses_the_ports()
     assert_eq!(processes_of("plain"), vec![plain_again["pid"].as_u64().unwrap()], "no duplicates");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(again.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(again.wait().unwrap().success());
-    assert!(processes_of("plain").is_empty() && processes_of("escape").is_empty(), "clean shutdown leaves nothing");
+    let left: Vec<(u64, String)> = processes_of("plain")
+        .into_iter()
+        .chain(processes_of("escape"))
+        .map(|pid| (pid, std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()))
+        .collect();
+    assert!(left.is_empty(), "clean shutdown leaves nothing: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,5 +170,21 @@ async fn open_files_limit_applies_to_the_child() {
     daemon.wait_status("files", "running", UP).await;
     let (_, logs) = daemon.get("/api/workspaces/files/logs?lines=50").await;
     assert!(logs["lines"].as_array().unwrap().iter().any(|l| l["line"] == "nofile=321"), "{logs}");
+    daemon.stop().await;
+}
+
+/// `PR_SET_PDEATHSIG` fires when the thread that forked a child exits.
+/// Children are forked on a thread that lives as long as the daemon, so an
+/// idle spell longer than tokio's blocking-pool keep-alive (10 s) kills
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_outlive_idle_runtime_threads() {
+    let daemon = Daemon::start(&[("calm", demo())]).await;
+    let before = daemon.wait_status("calm", "running", UP).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let after = daemon.status("calm").await;
+    assert_eq!(after["pid"], before["pid"]);
+    assert_eq!(after["restartCount"], 0);
+    assert!(alive(before["pid"].as_u64().unwrap()));
     daemon.stop().await;
 }

@@ -123,7 +123,9 @@ async fn stop_during_backoff_cancels_the_restart() {
     });
     let daemon = Daemon::start(&[("backoff", crash)]).await;
     // The first restart is immediate; the second failure waits 1.5 s.
-    let waiting = daemon.wait_for("backoff", UP, |s| s["status"] == "error" && s["breaker"]["nextRetryAt"].is_string()).await;
+    let waiting = daemon
+        .wait_for("backoff", UP, |s| s["status"] == "error" && s["restartCount"] == 1 && s["breaker"]["nextRetryAt"].is_string())
+        .await;
     daemon.post("/api/workspaces/backoff/stop").await;
     daemon.wait_status("backoff", "stopped", UP).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -152,5 +154,25 @@ async fn twenty_concurrent_restarts_leave_exactly_one_child() {
     let same = daemon.status("racy").await;
     assert_eq!(same["pid"], settled["pid"]);
     assert_eq!(same["restartCount"], 20);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_after_stable_runs_never_open_the_breaker() {
+    let mut ws = demo();
+    ws["restart"] = json!({"stableAfter": "300ms"});
+    ws["circuitBreaker"] = json!({"failureThreshold": 2, "openFor": "1h"});
+    let daemon = Daemon::start(&[("steady", ws)]).await;
+    let mut status = daemon.wait_status("steady", "running", UP).await;
+    for round in 1..=3 {
+        // Each run outlives stableAfter before it crashes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid(&status) as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        let old = status["pid"].clone();
+        status = daemon.wait_for("steady", UP, |s| s["status"] == "running" && s["pid"] != old).await;
+        assert_eq!(status["restartCount"], round);
+        assert_eq!(status["breaker"]["state"], "closed", "round {round}: {status}");
+    }
+    assert!(status["breaker"]["failureCount"].as_u64().unwrap() <= 1, "failures are consecutive only: {status}");
     daemon.stop().await;
 }

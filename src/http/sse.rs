@@ -14,8 +14,11 @@ use std::time::{Duration, SystemTime};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::Extension;
 use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures::Stream;
+use axum::body::Body;
+use axum::http::{header, HeaderName};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
@@ -96,26 +99,31 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     headers.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
 }
 
-fn stream(
-    state: &AppState,
-    subscription: Subscription,
-    registration: Registration,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let shutdown = state.shutdown.clone();
-    let events = futures::stream::unfold(
-        (subscription, registration, shutdown),
-        |(mut subscription, registration, shutdown)| async move {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                event = subscription.next() => event?,
-            };
-            registration.info.events_sent.fetch_add(1, Ordering::Relaxed);
-            registration.info.last_activity.store(now_ms(), Ordering::Relaxed);
-            let sse = SseEvent::default().id(event.seq.to_string()).data(&event.json);
-            Some((Ok(sse), (subscription, registration, shutdown)))
-        },
-    );
-    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+/// An SSE response over `subscription`: each event's shared frame as is,
+/// and a comment line every [`KEEP_ALIVE`]. The keep-alive is one fixed
+/// interval per stream, so an event costs no timer work.
+fn stream(state: &AppState, subscription: Subscription, registration: Registration) -> Response {
+    let events = futures::stream::unfold((subscription, registration), |(mut subscription, registration)| async move {
+        let event = subscription.next().await?;
+        registration.info.events_sent.fetch_add(1, Ordering::Relaxed);
+        registration.info.last_activity.store(now_ms(), Ordering::Relaxed);
+        Some((event.frame.clone(), (subscription, registration)))
+    });
+    let start = tokio::time::Instant::now() + KEEP_ALIVE;
+    let keep_alive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(start, KEEP_ALIVE))
+        .map(|_| Bytes::from_static(b":keep-alive\n\n"));
+    let frames = futures::stream::select(events, keep_alive)
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .map(Ok::<_, Infallible>);
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(frames),
+    )
+        .into_response()
 }
 
 fn peer(connect: Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<String> {
@@ -128,7 +136,7 @@ pub async fn workspace_events(
     Path(name): Path<String>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     if state.ctx.bus.view().get(&name).is_none() {
         return Err(ApiError::unknown_workspace(&name));
     }
@@ -149,7 +157,7 @@ pub async fn all_events(
     Query(query): Query<EventsQuery>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Response {
     let filter: Option<BTreeSet<String>> = query
         .workspace
         .filter(|w| !w.is_empty())

@@ -13,6 +13,9 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
+/// Written by a daemon that stopped every child itself.
+const CLEAN_EXIT: &[u8] = b"q";
+
 /// The daemon's end of the guard; dropping it lets the guard sweep and exit.
 pub struct Guard {
     pipe: ChildStdin,
@@ -20,9 +23,11 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Closes the pipe after a clean shutdown and reaps the guard (it finds
-    /// nothing left to kill).
+    /// Tells the guard the shutdown was clean (nothing to sweep), closes the
+    /// pipe and reaps the guard.
     pub fn finish(mut self) {
+        use std::io::Write;
+        let _ = self.pipe.write_all(CLEAN_EXIT);
         drop(self.pipe);
         for _ in 0..300 {
             if !matches!(self.child.try_wait(), Ok(None)) {
@@ -51,8 +56,8 @@ pub fn spawn(exe: &Path, state_dir: &Path) -> std::io::Result<Guard> {
     Ok(Guard { pipe, child })
 }
 
-/// The guard's main: waits for EOF on stdin, then sweeps. Returns the
-/// number of processes killed.
+/// The guard's main: waits for EOF on stdin, then sweeps, unless the daemon
+/// said its shutdown was clean. Returns the number of processes killed.
 pub fn run(state_dir: &Path) -> usize {
     // Ctrl-C in the daemon's terminal must not take the guard first.
     // SAFETY: setting a signal disposition to ignore is always sound.
@@ -61,6 +66,15 @@ pub fn run(state_dir: &Path) -> usize {
     }
     let mut sink = [0u8; 64];
     let mut stdin = std::io::stdin();
-    while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+    loop {
+        match stdin.read(&mut sink) {
+            Ok(n) if n > 0 && sink[..n].contains(&CLEAN_EXIT[0]) => return 0,
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    // Hold the state lock while sweeping, so a new daemon on the same state
+    // folder cannot start children that this sweep would then kill.
+    let _lock = crate::lock::wait_for(state_dir);
     super::runtime::sweep(state_dir, Duration::from_secs(2))
 }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::group::signal_group;
 use super::tree::ProcTable;
 use super::logs::{LogSink, Stream};
+use super::spawner::Spawner;
 use super::spec::LaunchSpec;
 
 /// Why a child could not be started. Every variant is a counted failure.
@@ -95,16 +96,50 @@ pub trait Launcher: Send + Sync + 'static {
     ///
     /// # Errors
     /// A classified [`SpawnError`]; nothing is left running then.
-    fn spawn(&self, spec: &LaunchSpec, logs: &LogSink) -> Result<Box<dyn Child>, SpawnError>;
+    fn spawn<'a>(&'a self, spec: &'a LaunchSpec, logs: &'a LogSink) -> BoxFuture<'a, Result<Box<dyn Child>, SpawnError>>;
 }
 
 /// Runs children as local processes, each the leader of its own process
 /// group, with `PR_SET_PDEATHSIG` = SIGKILL so none outlives the daemon.
-#[derive(Debug, Default)]
-pub struct LocalLauncher;
+/// Every fork/exec happens on the [`Spawner`] thread.
+#[derive(Debug)]
+pub struct LocalLauncher {
+    spawner: Spawner,
+}
+
+impl LocalLauncher {
+    pub fn new(spawner: Spawner) -> LocalLauncher {
+        LocalLauncher { spawner }
+    }
+}
 
 impl Launcher for LocalLauncher {
-    fn spawn(&self, spec: &LaunchSpec, logs: &LogSink) -> Result<Box<dyn Child>, SpawnError> {
+    fn spawn<'a>(&'a self, spec: &'a LaunchSpec, logs: &'a LogSink) -> BoxFuture<'a, Result<Box<dyn Child>, SpawnError>> {
+        Box::pin(async move {
+            let job = spec.clone();
+            let mut child = self.spawner.run(move || spawn_process(&job)).await?;
+            let pid = child.id().expect("a just-spawned child has a pid");
+            let mut pumps = Vec::with_capacity(2);
+            if let Some(out) = child.stdout.take() {
+                pumps.push(tokio::spawn(logs.clone().pump(out, Stream::Stdout)));
+            }
+            if let Some(err) = child.stderr.take() {
+                pumps.push(tokio::spawn(logs.clone().pump(err, Stream::Stderr)));
+            }
+            Ok(Box::new(LocalChild {
+                child,
+                pid,
+                workspace: spec.workspace.clone(),
+                exit: None,
+                pumps,
+            }) as Box<dyn Child>)
+        })
+    }
+}
+
+/// Forks and execs `spec`; runs on the spawner thread.
+fn spawn_process(spec: &LaunchSpec) -> Result<tokio::process::Child, SpawnError> {
+    {
         let mut command = tokio::process::Command::new(&spec.program);
         command
             .args(&spec.args)
@@ -133,27 +168,12 @@ impl Launcher for LocalLauncher {
                 Ok(())
             });
         }
-        let mut child = super::reaper::spawn_leader(|| {
+        super::reaper::spawn_leader(|| {
             let child = command.spawn()?;
             let pid = child.id().expect("a just-spawned child has a pid");
             Ok((child, pid))
         })
-        .map_err(|e| classify(e, spec))?;
-        let pid = child.id().expect("a just-spawned child has a pid");
-        let mut pumps = Vec::with_capacity(2);
-        if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(logs.clone().pump(out, Stream::Stdout)));
-        }
-        if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(logs.clone().pump(err, Stream::Stderr)));
-        }
-        Ok(Box::new(LocalChild {
-            child,
-            pid,
-            workspace: spec.workspace.clone(),
-            exit: None,
-            pumps,
-        }))
+        .map_err(|e| classify(e, spec))
     }
 }
 
@@ -208,33 +228,37 @@ impl LocalChild {
         exit
     }
 
-    /// The live processes of this child's whole tree.
-    fn tree(&self) -> Vec<i32> {
-        ProcTable::scan().tree(self.pgid(), &self.workspace)
+    /// Scans `/proc` off the async workers, then runs `then` on the table.
+    async fn with_table<T: Send + 'static>(&self, then: impl FnOnce(&ProcTable, i32, &str) -> T + Send + 'static) -> T {
+        let (pgid, workspace) = (self.pgid(), self.workspace.clone());
+        tokio::task::spawn_blocking(move || then(&ProcTable::scan(), pgid, &workspace))
+            .await
+            .expect("a /proc scan does not panic")
     }
 
     /// Sends `signal` to the process group and to every tree member outside it.
-    fn signal_tree(&self, signal: Signal) {
-        let pgid = self.pgid();
-        signal_group(pgid, signal);
-        let table = ProcTable::scan();
-        for pid in table.tree(pgid, &self.workspace) {
-            if table.procs.get(&pid).is_some_and(|p| p.pgrp != pgid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    async fn signal_tree(&self, signal: Signal) {
+        signal_group(self.pgid(), signal);
+        self.with_table(move |table, pgid, workspace| {
+            for pid in table.tree(pgid, workspace) {
+                if table.procs.get(&pid).is_some_and(|p| p.pgrp != pgid) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+                }
             }
-        }
+        })
+        .await;
     }
 
     /// Polls `/proc` until the tree has no live member or `deadline` passes.
     async fn tree_gone_by(&self, deadline: Instant) -> bool {
         loop {
-            if self.tree().is_empty() {
+            if self.with_table(|table, pgid, workspace| table.tree(pgid, workspace).is_empty()).await {
                 return true;
             }
             if Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
         }
     }
 }
@@ -255,14 +279,14 @@ impl Child for LocalChild {
     fn stop(&mut self, signal: Signal, grace: Duration) -> BoxFuture<'_, ExitInfo> {
         Box::pin(async move {
             let pgid = self.pgid();
-            self.signal_tree(signal);
+            self.signal_tree(signal).await;
             let deadline = Instant::now() + grace;
             let leader = tokio::time::timeout_at(deadline, self.wait_exit()).await;
             if leader.is_err() || !self.tree_gone_by(deadline).await {
                 if !grace.is_zero() {
                     tracing::info!(pgid, "process tree outlived the grace period; sending SIGKILL");
                 }
-                self.signal_tree(Signal::SIGKILL);
+                self.signal_tree(Signal::SIGKILL).await;
             }
             let exit = self.wait_exit().await;
             // Members may fork while being killed: keep killing until none is left.
@@ -272,7 +296,7 @@ impl Child for LocalChild {
                     tracing::warn!(pgid, "process tree still has members 5 s after SIGKILL");
                     break;
                 }
-                self.signal_tree(Signal::SIGKILL);
+                self.signal_tree(Signal::SIGKILL).await;
             }
             exit
         })

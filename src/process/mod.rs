@@ -11,6 +11,7 @@ mod logs;
 pub mod reaper;
 pub mod runtime;
 mod spec;
+pub mod spawner;
 pub mod tree;
 
 pub use group::signal_group;

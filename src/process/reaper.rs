@@ -80,9 +80,19 @@ pub async fn run_reaper(cancel: CancellationToken) {
             _ = sigchld.recv() => {}
             _ = tick.tick() => {}
         }
-        reap_adopted();
+        // /proc scans block: keep them off the async workers.
+        let _ = tokio::task::spawn_blocking(reap_adopted).await;
         // Signals that arrive meanwhile coalesce: at most one /proc scan per 50 ms.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGKILLs every orphan adopted from the trees of `workspaces`; for the end
+/// of a shutdown, after every actor has stopped its child.
+pub fn kill_adopted(workspaces: &[String]) {
+    let table = ProcTable::scan();
+    for pid in workspaces.iter().flat_map(|w| table.adopted_of(w)) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
     }
 }
 

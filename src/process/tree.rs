@@ -74,6 +74,11 @@ impl ProcTable {
         table
     }
 
+    /// Orphans adopted from `workspace`'s tree.
+    pub fn adopted_of(&self, workspace: &str) -> &[i32] {
+        self.adopted.get(workspace).map_or(&[], Vec::as_slice)
+    }
+
     /// Adopted orphans, grouped by workspace.
     pub fn adopted_pids(&self) -> impl Iterator<Item = &[i32]> {
         self.adopted.values().map(Vec::as_slice)

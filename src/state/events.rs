@@ -26,6 +26,9 @@ pub struct Event {
     pub workspace: String,
     /// The whole JSON-RPC notification.
     pub json: String,
+    /// The same as one SSE event (`id: <seq>`, `data: <json>`, blank line),
+    /// encoded once and shared by every subscriber.
+    pub frame: bytes::Bytes,
 }
 
 #[derive(Debug)]
@@ -176,10 +179,14 @@ fn notification(record: &WorkspaceRecord, previous: Option<Status>, reason: &str
             "seq": seq,
         }
     });
+    let json = json.to_string();
+    // serde_json never emits a raw newline, so the JSON is one `data:` line.
+    let frame = bytes::Bytes::from(format!("id: {seq}\ndata: {json}\n\n"));
     Event {
         seq,
         workspace: s.workspace.clone(),
-        json: json.to_string(),
+        json,
+        frame,
     }
 }
 

@@ -68,9 +68,9 @@ pub async fn initialize(
 
 /// Probes until the child answers or `startup_timeout` passes.
 ///
-/// Connection refusals are retried every 25 ms: a refused connect on
-/// loopback costs microseconds, and the retry interval bounds how late
-/// `running` is seen.
+/// Failed probes are retried after 2 ms, growing by half up to 50 ms: a
+/// refused connect on loopback costs microseconds, and the retry interval
+/// bounds how late `running` is seen after the child starts listening.
 ///
 /// # Errors
 /// The last probe error once `startup_timeout` has passed.
@@ -82,16 +82,18 @@ pub async fn await_ready(
     startup_timeout: Duration,
 ) -> Result<(), ProbeError> {
     let deadline = Instant::now() + startup_timeout;
+    let mut pause = Duration::from_millis(2);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let error = match initialize(client, url, transport, each_timeout.min(left)).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        if Instant::now() + Duration::from_millis(25) >= deadline {
+        if Instant::now() + pause >= deadline {
             return Err(error);
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(Duration::from_millis(50));
     }
 }
 

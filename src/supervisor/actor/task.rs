@@ -189,7 +189,7 @@ impl Actor {
     async fn run(mut self) {
         self.port = self.ctx.ports.get(&self.name);
         if self.desired_running {
-            self.start_child("start");
+            self.start_child("start").await;
         } else {
             let status = if self.config_error.is_some() { Status::Error } else { Status::Stopped };
             self.set_status(status, if self.config_error.is_some() { "config invalid" } else { "disabled" });
@@ -239,7 +239,7 @@ impl Actor {
                 self.breaker.close();
                 self.backoff.reset();
                 self.stop_child("restart").await;
-                self.start_child("restart");
+                self.start_child("restart").await;
             }
             Event::Command(Command::Apply { config, version }) => {
                 // Config changes queued behind this one supersede it: the last
@@ -267,7 +267,7 @@ impl Actor {
             Event::Probe { generation, .. } if generation != self.generation => {}
             Event::Probe { kind: ProbeKind::Readiness, result, .. } => self.on_readiness(result).await,
             Event::Probe { kind: ProbeKind::Liveness, result, .. } => self.on_liveness(result).await,
-            Event::Timer => self.on_timer(),
+            Event::Timer => self.on_timer().await,
         }
     }
 
@@ -285,7 +285,7 @@ impl Actor {
             return;
         }
         self.restart_at = None;
-        self.start_child("start");
+        self.start_child("start").await;
     }
 
     async fn apply(&mut self, config: Arc<WorkspaceConfig>, version: String) {
@@ -315,7 +315,7 @@ impl Actor {
         if differs && self.desired_running {
             let reason = if first { "config valid" } else { "config changed" };
             self.stop_child(reason).await;
-            self.start_child(reason);
+            self.start_child(reason).await;
         } else if had_error {
             self.set_status(self.status, "config valid");
         } else {
@@ -325,7 +325,7 @@ impl Actor {
     }
 
     /// Starts a child; a failure to start goes through [`Self::fail`].
-    fn start_child(&mut self, reason: &str) {
+    async fn start_child(&mut self, reason: &str) {
         self.restart_at = None;
         if self.spawned {
             self.restart_count += 1;
@@ -339,8 +339,10 @@ impl Actor {
         };
         self.port = Some(port);
         self.log_mark = self.logs.mark();
-        let spawned = build_spec(&self.name, &self.config, port, &self.ctx.launch)
-            .and_then(|spec| self.ctx.launcher.spawn(&spec, &self.logs));
+        let spawned = match build_spec(&self.name, &self.config, port, &self.ctx.launch) {
+            Ok(spec) => self.ctx.launcher.spawn(&spec, &self.logs).await,
+            Err(e) => Err(e),
+        };
         let child = match spawned {
             Ok(child) => child,
             Err(e) => return self.fail_to_spawn(reason, e.kind(), spawn_message(&self.name, &e)),
@@ -512,15 +514,17 @@ impl Actor {
         self.fail(self.error_record(message, "exit", Some(exit)), "exited");
     }
 
-    fn on_timer(&mut self) {
+    async fn on_timer(&mut self) {
         let now = Instant::now();
         if self.stable_at.is_some_and(|t| t <= now) {
+            // A stable run ends the streak: the breaker counts consecutive
+            // failures only (DESIGN §5), and backoff starts over.
             self.stable_at = None;
             self.backoff.reset();
             if self.breaker.state() != BreakerState::Closed {
-                self.breaker.close();
                 tracing::info!("child ran stable; circuit breaker closed");
             }
+            self.breaker.close();
             self.publish();
         }
         if self.health_at.is_some_and(|t| t <= now) {
@@ -534,7 +538,7 @@ impl Actor {
                 return;
             }
             let reason = if self.breaker.state() == BreakerState::HalfOpen { "half-open trial" } else { "restart" };
-            self.start_child(reason);
+            self.start_child(reason).await;
         }
     }
 
