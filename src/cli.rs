@@ -80,11 +80,23 @@ pub enum CliCommand {
         url: String,
     },
     /// Start a workspace.
-    Start { workspace: String, #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")] url: String },
+    Start {
+        workspace: String,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
     /// Stop a workspace.
-    Stop { workspace: String, #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")] url: String },
+    Stop {
+        workspace: String,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
     /// Restart a workspace.
-    Restart { workspace: String, #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")] url: String },
+    Restart {
+        workspace: String,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
     /// Internal: kills what a crashed daemon left (started by `serve`).
     #[command(hide = true)]
     Guard {
@@ -211,13 +223,24 @@ pub async fn status(url: &str, json: bool) -> Result<(), ClientError> {
         println!("{body}");
         return Ok(());
     }
-    println!("{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9}", "WORKSPACE", "STATUS", "HEALTH", "PID", "PORT", "UPTIME", "RESTARTS", "BREAKER");
+    println!(
+        "{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9}",
+        "WORKSPACE", "STATUS", "HEALTH", "PID", "PORT", "UPTIME", "RESTARTS", "BREAKER"
+    );
     for w in body["workspaces"].as_array().into_iter().flatten() {
-        let uptime = w["uptimeMs"].as_u64().map_or("-".into(), |ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string());
+        let uptime = w["uptimeMs"]
+            .as_u64()
+            .map_or("-".into(), |ms| humantime::format_duration(Duration::from_secs(ms / 1000)).to_string());
         println!(
             "{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9}",
-            text(&w["workspace"]), text(&w["status"]), text(&w["health"]), text(&w["pid"]), text(&w["port"]),
-            uptime, text(&w["restartCount"]), text(&w["breaker"]["state"]),
+            text(&w["workspace"]),
+            text(&w["status"]),
+            text(&w["health"]),
+            text(&w["pid"]),
+            text(&w["port"]),
+            uptime,
+            text(&w["restartCount"]),
+            text(&w["breaker"]["state"]),
         );
     }
     Ok(())
@@ -237,7 +260,10 @@ pub async fn logs(url: &str, workspace: &str, lines: usize, follow: bool) -> Res
         let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.to_string(), message: e.to_string() };
         let response = client().get(&endpoint).send().await.map_err(unreachable)?;
         if !response.status().is_success() {
-            return Err(ClientError::Api(format!("no workspace named {workspace:?} (HTTP {})", response.status().as_u16())));
+            return Err(ClientError::Api(format!(
+                "no workspace named {workspace:?} (HTTP {})",
+                response.status().as_u16()
+            )));
         }
         let mut events = response.bytes_stream().eventsource();
         while let Some(Ok(event)) = events.next().await {
@@ -299,7 +325,15 @@ fn print_notification(data: &str, json: bool) {
     let p = &value["params"];
     println!(
         "{} #{} {} {} -> {} ({}) pid={} port={} restarts={} breaker={}",
-        text(&p["timestamp"]), text(&p["seq"]), text(&p["workspace"]), text(&p["previous"]), text(&p["status"]),
-        text(&p["reason"]), text(&p["pid"]), text(&p["port"]), text(&p["restartCount"]), text(&p["breaker"]),
+        text(&p["timestamp"]),
+        text(&p["seq"]),
+        text(&p["workspace"]),
+        text(&p["previous"]),
+        text(&p["status"]),
+        text(&p["reason"]),
+        text(&p["pid"]),
+        text(&p["port"]),
+        text(&p["restartCount"]),
+        text(&p["breaker"]),
     );
 }

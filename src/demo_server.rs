@@ -43,9 +43,7 @@ pub struct SleepArgs {
 
 impl Default for DemoServer {
     fn default() -> Self {
-        DemoServer {
-            tool_router: Self::tool_router(),
-        }
+        DemoServer { tool_router: Self::tool_router() }
     }
 }
 

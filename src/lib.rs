@@ -122,7 +122,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     }
     let state_dir = absolute(&config.state_dir, "state folder")?;
     let workspaces_dir = absolute(&config.workspaces_dir, "workspaces folder")?;
-    std::fs::create_dir_all(&state_dir).map_err(|source| ServeError::Io { what: "creating state folder", path: state_dir.clone(), source })?;
+    std::fs::create_dir_all(&state_dir).map_err(|source| ServeError::Io {
+        what: "creating state folder",
+        path: state_dir.clone(),
+        source,
+    })?;
     let lock_dir = state_dir.clone();
     let lock = tokio::task::spawn_blocking(move || lock::StateLock::acquire(&lock_dir, Duration::from_secs(3)))
         .await
@@ -188,11 +192,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server = axum::serve(
-        listener,
-        http::router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, http::router(app).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let server = tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!("http server: {e}");
@@ -202,7 +203,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
 
     // Only now, with the listener accepting, are workspaces read and spawned.
     let (changes_tx, changes) = mpsc::channel(1);
-    let watcher = match config::ConfigWatcher::start(&workspaces_dir, changes_tx.clone(), registry.watch_error.clone()) {
+    let watcher = match config::ConfigWatcher::start(&workspaces_dir, changes_tx.clone(), registry.watch_error.clone())
+    {
         Ok(watcher) => Some(watcher),
         Err(e) => {
             tracing::error!("cannot watch {}: {e}; relying on periodic rescans", workspaces_dir.display());
@@ -212,9 +214,25 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     };
     let registry_for_sampler = registry.clone();
     let registry_at_exit = registry.clone();
-    let manager = Manager::new(ctx.clone(), registry, workspaces_dir, ready, actors_cancel.clone(), tracker.clone(), config.rescan_every, watcher, changes_tx);
+    let manager = Manager::new(
+        ctx.clone(),
+        registry,
+        workspaces_dir,
+        ready,
+        actors_cancel.clone(),
+        tracker.clone(),
+        config.rescan_every,
+        watcher,
+        changes_tx,
+    );
     let manager = tracker.spawn(manager.run(changes));
-    tracker.spawn(resources::run_sampler(ctx.clone(), registry_for_sampler, resources, config.sample_every, actors_cancel.clone()));
+    tracker.spawn(resources::run_sampler(
+        ctx.clone(),
+        registry_for_sampler,
+        resources,
+        config.sample_every,
+        actors_cancel.clone(),
+    ));
     tracker.spawn(process::reaper::run_reaper(actors_cancel.clone()));
 
     let done = tokio::spawn(async move {

@@ -27,7 +27,8 @@ impl StateLock {
         let io = |source| ServeError::Io { what: "opening lock file", path: path.clone(), source };
         let deadline = std::time::Instant::now() + patience;
         let mut lock = loop {
-            let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+            let file =
+                OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => break lock,
                 Err((mut file, _)) if std::time::Instant::now() >= deadline => {
@@ -50,6 +51,7 @@ impl StateLock {
 /// # Errors
 /// The lock file cannot be opened or locked.
 pub fn wait_for(state_dir: &Path) -> std::io::Result<Flock<File>> {
-    let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(state_dir.join("mcpvisor.lock"))?;
+    let file =
+        OpenOptions::new().create(true).truncate(false).read(true).write(true).open(state_dir.join("mcpvisor.lock"))?;
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno.into())
 }

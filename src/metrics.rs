@@ -104,24 +104,57 @@ impl Metrics {
         registry.register("breaker_state", "1 for the circuit breaker's current state", metrics.breaker.clone());
         registry.register("state_transitions", "Status transitions", metrics.transitions.clone());
         registry.register("restarts", "Child starts after the first, by reason", metrics.restarts.clone());
-        registry.register("failures", "Child failures (exit, failed start, unhealthy, memory limit), by reason", metrics.failures.clone());
-        registry.register("spawn_to_ready_seconds", "Time from spawn to the first answered MCP initialize", metrics.spawn_ready_seconds.clone());
+        registry.register(
+            "failures",
+            "Child failures (exit, failed start, unhealthy, memory limit), by reason",
+            metrics.failures.clone(),
+        );
+        registry.register(
+            "spawn_to_ready_seconds",
+            "Time from spawn to the first answered MCP initialize",
+            metrics.spawn_ready_seconds.clone(),
+        );
         registry.register("probe_duration_seconds", "Duration of liveness probes", metrics.probe_seconds.clone());
         registry.register("reconciles", "Reconciles of the workspaces folder", metrics.reconciles.clone());
         registry.register("reconcile_duration_seconds", "Duration of a reconcile", metrics.reconcile_seconds.clone());
-        registry.register("sse_subscribers", "Open SSE status streams by followed workspace (`*` for all)", metrics.subscribers.clone());
-        registry.register("events_published", "workspace/statusChanged notifications published", metrics.events_published.clone());
-        registry.register("events_resynced", "Times a subscriber fell behind and was resynced", metrics.events_resynced.clone());
-        registry.register("child_rss_bytes", "Resident memory of the workspace's process tree", metrics.rss_bytes.clone());
-        registry.register("child_cpu_percent", "CPU use of the workspace's process tree, percent of one core", metrics.cpu_percent.clone());
+        registry.register(
+            "sse_subscribers",
+            "Open SSE status streams by followed workspace (`*` for all)",
+            metrics.subscribers.clone(),
+        );
+        registry.register(
+            "events_published",
+            "workspace/statusChanged notifications published",
+            metrics.events_published.clone(),
+        );
+        registry.register(
+            "events_resynced",
+            "Times a subscriber fell behind and was resynced",
+            metrics.events_resynced.clone(),
+        );
+        registry.register(
+            "child_rss_bytes",
+            "Resident memory of the workspace's process tree",
+            metrics.rss_bytes.clone(),
+        );
+        registry.register(
+            "child_cpu_percent",
+            "CPU use of the workspace's process tree, percent of one core",
+            metrics.cpu_percent.clone(),
+        );
         registry.register("proxy_requests", "Proxied MCP requests by HTTP status", metrics.proxy_requests.clone());
-        registry.register("proxy_request_duration_seconds", "Duration of proxied MCP requests", metrics.proxy_seconds.clone());
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Duration of proxied MCP requests",
+            metrics.proxy_seconds.clone(),
+        );
         Arc::new(Metrics { registry, ..metrics })
     }
 
     pub fn transition(&self, workspace: &str, from: Status, to: Status) {
         if from != to {
-            let label = TransitionLabel { workspace: workspace.into(), from: from.as_str().into(), to: to.as_str().into() };
+            let label =
+                TransitionLabel { workspace: workspace.into(), from: from.as_str().into(), to: to.as_str().into() };
             self.transitions.get_or_create(&label).inc();
         }
     }
@@ -141,7 +174,14 @@ impl Metrics {
     }
 
     /// `subscribers` are the followed workspaces of each open stream.
-    pub fn render(&self, snapshot: &Snapshot, resources: &crate::resources::Sample, subscribers: &[String], published: u64, resynced: u64) -> String {
+    pub fn render(
+        &self,
+        snapshot: &Snapshot,
+        resources: &crate::resources::Sample,
+        subscribers: &[String],
+        published: u64,
+        resynced: u64,
+    ) -> String {
         for family in [&self.status, &self.health, &self.breaker] {
             family.clear();
         }

@@ -21,10 +21,7 @@ pub enum PortError {
     #[error("no free port left in {lo}-{hi}")]
     Exhausted { lo: u16, hi: u16 },
     #[error("writing {path}: {source}")]
-    Persist {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Persist { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,11 +52,7 @@ impl PortAllocator {
             .into_iter()
             .filter(|(_, port)| range.contains(port))
             .collect();
-        PortAllocator {
-            path,
-            range,
-            allocations: Mutex::new(allocations),
-        }
+        PortAllocator { path, range, allocations: Mutex::new(allocations) }
     }
 
     pub fn range(&self) -> (u16, u16) {
@@ -93,19 +86,12 @@ impl PortAllocator {
             }
             tracing::warn!(workspace = name, port, "allocated port is held by another process; re-allocating");
         }
-        let taken: Vec<u16> = allocations
-            .iter()
-            .filter(|(n, _)| n.as_str() != name)
-            .map(|(_, &p)| p)
-            .collect();
+        let taken: Vec<u16> = allocations.iter().filter(|(n, _)| n.as_str() != name).map(|(_, &p)| p).collect();
         let port = self
             .range
             .clone()
             .find(|p| !taken.contains(p) && is_free(*p))
-            .ok_or(PortError::Exhausted {
-                lo: *self.range.start(),
-                hi: *self.range.end(),
-            })?;
+            .ok_or(PortError::Exhausted { lo: *self.range.start(), hi: *self.range.end() })?;
         allocations.insert(name.to_string(), port);
         self.persist(&allocations)?;
         Ok(port)
@@ -126,16 +112,10 @@ impl PortAllocator {
     }
 
     fn persist(&self, allocations: &BTreeMap<String, u16>) -> Result<(), PortError> {
-        let file = PortsFile {
-            version: 1,
-            range: [*self.range.start(), *self.range.end()],
-            allocations: allocations.clone(),
-        };
+        let file =
+            PortsFile { version: 1, range: [*self.range.start(), *self.range.end()], allocations: allocations.clone() };
         let bytes = serde_json::to_vec_pretty(&file).expect("ports serialize");
-        write_atomic(&self.path, &bytes).map_err(|source| PortError::Persist {
-            path: self.path.clone(),
-            source,
-        })
+        write_atomic(&self.path, &bytes).map_err(|source| PortError::Persist { path: self.path.clone(), source })
     }
 }
 

@@ -81,12 +81,19 @@ pub async fn run_sampler(
             .collect();
         // sysinfo and /proc are read synchronously; keep that off the async workers.
         let (returned, sample, trees) = tokio::task::spawn_blocking(move || {
-            system.refresh_processes_specifics(ProcessesToUpdate::All, true, ProcessRefreshKind::nothing().with_memory().with_cpu());
+            system.refresh_processes_specifics(
+                ProcessesToUpdate::All,
+                true,
+                ProcessRefreshKind::nothing().with_memory().with_cpu(),
+            );
             let table = ProcTable::scan();
-            let trees: Vec<(Root, Vec<i32>)> = roots.into_iter().map(|root| {
-                let tree = table.tree(root.pgid, &root.workspace);
-                (root, tree)
-            }).collect();
+            let trees: Vec<(Root, Vec<i32>)> = roots
+                .into_iter()
+                .map(|root| {
+                    let tree = table.tree(root.pgid, &root.workspace);
+                    (root, tree)
+                })
+                .collect();
             let sample = sample(&system, &trees);
             (system, sample, trees)
         })
@@ -115,10 +122,7 @@ struct Root {
 }
 
 fn sample(system: &System, trees: &[(Root, Vec<i32>)]) -> Sample {
-    let mut out = Sample {
-        sampled_at: Some(Timestamp::now()),
-        ..Sample::default()
-    };
+    let mut out = Sample { sampled_at: Some(Timestamp::now()), ..Sample::default() };
     for (root, tree) in trees {
         let name = &root.workspace;
         let mut usage = Resources { rss_bytes: 0, cpu_percent: 0.0 };

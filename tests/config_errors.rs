@@ -48,7 +48,8 @@ async fn invalid_file_shows_config_error_while_others_run() {
     assert_eq!(broken["pid"], serde_json::Value::Null);
     let (code, list) = daemon.get("/api/workspaces").await;
     assert_eq!(code, 200);
-    let names: Vec<&str> = list["workspaces"].as_array().unwrap().iter().map(|w| w["workspace"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        list["workspaces"].as_array().unwrap().iter().map(|w| w["workspace"].as_str().unwrap()).collect();
     assert_eq!(names, ["broken", "good"], "sorted by name");
     let _ = json!(null);
     daemon.stop().await;

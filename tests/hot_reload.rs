@@ -33,7 +33,10 @@ async fn rename_over_save_restarts_only_the_changed_workspace() {
     // The change is visible as notifications with its reason.
     let url = format!("{}/api/events?workspace=edit", daemon.url);
     let events = read_events(&daemon.http, &url, Some(0), 20, Duration::from_millis(500)).await;
-    assert!(events.iter().any(|(_, e)| e["params"]["reason"] == "config changed" && e["params"]["status"] == "starting"), "{events:?}");
+    assert!(
+        events.iter().any(|(_, e)| e["params"]["reason"] == "config changed" && e["params"]["status"] == "starting"),
+        "{events:?}"
+    );
     daemon.stop().await;
 }
 
@@ -104,7 +107,10 @@ async fn invalid_edit_keeps_the_old_child_and_a_fix_clears_the_error() {
     let broken = daemon.wait_for("fragile", UP, |s| !s["configError"].is_null()).await;
     assert_eq!(broken["status"], "running");
     assert_eq!(broken["pid"], before["pid"], "the last good config keeps running");
-    assert!(broken["configError"]["errors"][0]["at"].as_str().unwrap().contains(':'), "line:column of the syntax error");
+    assert!(
+        broken["configError"]["errors"][0]["at"].as_str().unwrap().contains(':'),
+        "line:column of the syntax error"
+    );
     let url = format!("{}/api/events?workspace=fragile", daemon.url);
     let events = read_events(&daemon.http, &url, Some(0), 20, Duration::from_millis(500)).await;
     assert!(events.iter().any(|(_, e)| e["params"]["reason"] == "config invalid"), "{events:?}");

@@ -43,13 +43,20 @@ async fn metrics_parse_and_counters_move_when_a_child_is_killed() {
     assert!(sample(&samples, r#"mcpvisor_spawn_to_ready_seconds_count{workspace="m"}"#).is_some_and(|n| n >= 1.0));
     let published = sample(&samples, "mcpvisor_events_published_total").unwrap();
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before["pid"].as_i64().unwrap() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before["pid"].as_i64().unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     daemon.wait_for("m", UP, |s| s["status"] == "running" && s["pid"] != before["pid"]).await;
     let text = daemon.http.get(format!("{}/metrics", daemon.url)).send().await.unwrap().text().await.unwrap();
     let samples = parse_metrics(&text);
     assert_eq!(sample(&samples, r#"mcpvisor_failures_total{workspace="m",reason="exited"}"#), Some(1.0));
     assert_eq!(sample(&samples, r#"mcpvisor_restarts_total{workspace="m",reason="restart"}"#), Some(1.0));
-    assert_eq!(sample(&samples, r#"mcpvisor_state_transitions_total{workspace="m",from="running",to="error"}"#), Some(1.0));
+    assert_eq!(
+        sample(&samples, r#"mcpvisor_state_transitions_total{workspace="m",from="running",to="error"}"#),
+        Some(1.0)
+    );
     assert!(sample(&samples, "mcpvisor_events_published_total").unwrap() >= published + 3.0);
     daemon.stop().await;
 }
@@ -71,13 +78,18 @@ async fn watch_prints_a_restart_and_survives_a_daemon_restart() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let mut next_line = async || tokio::time::timeout(UP, lines.next_line()).await.expect("a line in time").unwrap().unwrap();
+    let mut next_line =
+        async || tokio::time::timeout(UP, lines.next_line()).await.expect("a line in time").unwrap().unwrap();
     let first = next_line().await;
-    assert!(first.contains(" w running -> running (snapshot)") || first.contains(" w - -> running (snapshot)"), "{first}");
+    assert!(
+        first.contains(" w running -> running (snapshot)") || first.contains(" w - -> running (snapshot)"),
+        "{first}"
+    );
 
     daemon.post("/api/workspaces/w/restart").await;
     let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.contains("-> running (restart)") || l.contains("starting -> running (ready)")) {
+    while !seen.iter().any(|l: &String| l.contains("-> running (restart)") || l.contains("starting -> running (ready)"))
+    {
         seen.push(next_line().await);
     }
     assert!(seen[0].contains("running -> stopping (restart)"), "{seen:?}");
@@ -97,9 +109,11 @@ async fn watch_prints_a_restart_and_survives_a_daemon_restart() {
 async fn cli_status_logs_and_exit_codes() {
     let daemon = Daemon::start(&[("cli", demo())]).await;
     daemon.wait_status("cli", "running", UP).await;
-    let run = |args: Vec<String>| async move { tokio::process::Command::new(MCPVISOR).args(args).output().await.unwrap() };
+    let run =
+        |args: Vec<String>| async move { tokio::process::Command::new(MCPVISOR).args(args).output().await.unwrap() };
     let url = daemon.url.clone();
-    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).chain(["--url".to_string(), url.clone()]).collect::<Vec<_>>();
+    let args =
+        |a: &[&str]| a.iter().map(|s| s.to_string()).chain(["--url".to_string(), url.clone()]).collect::<Vec<_>>();
 
     let status = run(args(&["status"])).await;
     assert!(status.status.success());

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use common::*;
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -22,7 +22,8 @@ async fn python_and_rmcp_clients_reach_a_python_child() {
     daemon.wait_status("notes", "running", READY).await;
     let url = mcp_url(&daemon, "notes");
 
-    let stateless = python_client(&["--url", &url, "--mode", "auto", "--tool", "add", "--args", r#"{"a":2,"b":3}"#]).await;
+    let stateless =
+        python_client(&["--url", &url, "--mode", "auto", "--tool", "add", "--args", r#"{"a":2,"b":3}"#]).await;
     assert_eq!(stateless["protocolVersion"], "2026-07-28", "{stateless}");
     assert_eq!(stateless["result"], "5");
     assert!(stateless["tools"].as_array().unwrap().contains(&json!("add_note")));
@@ -51,7 +52,8 @@ async fn legacy_sse_clients_reach_a_python_child_and_see_restarts() {
     daemon.wait_status("legacy", "running", READY).await;
     let sse_url = format!("{}/workspaces/legacy/sse", daemon.url);
 
-    let out = python_client(&["--url", &sse_url, "--transport", "sse", "--tool", "add", "--args", r#"{"a":1,"b":1}"#]).await;
+    let out =
+        python_client(&["--url", &sse_url, "--transport", "sse", "--tool", "add", "--args", r#"{"a":1,"b":1}"#]).await;
     assert_eq!(out["result"], "2", "{out}");
     assert!(out["tools"].as_array().unwrap().contains(&json!("list_notes")));
 
@@ -96,7 +98,8 @@ async fn a_stopped_workspace_answers_at_once() {
     let _ = mcp_post(&daemon.http, &url, None, &json!({"jsonrpc": "2.0", "id": "warm", "method": "ping"})).await;
 
     let started = Instant::now();
-    let (status, _, messages) = mcp_post(&daemon.http, &url, None, &json!({"jsonrpc": "2.0", "id": 41, "method": "tools/list"})).await;
+    let (status, _, messages) =
+        mcp_post(&daemon.http, &url, None, &json!({"jsonrpc": "2.0", "id": 41, "method": "tools/list"})).await;
     let took = started.elapsed();
     assert!(took < Duration::from_millis(100), "took {took:?}");
     assert_eq!(status, 503);
@@ -107,7 +110,9 @@ async fn a_stopped_workspace_answers_at_once() {
     assert_eq!(error["error"]["data"]["status"], "stopped");
     assert!(error["error"]["data"]["stderrTail"].is_array());
 
-    let (status, _, messages) = mcp_post(&daemon.http, &mcp_url(&daemon, "nope"), None, &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).await;
+    let (status, _, messages) =
+        mcp_post(&daemon.http, &mcp_url(&daemon, "nope"), None, &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .await;
     assert_eq!(status, 404);
     assert_eq!(messages[0]["id"], 1);
     assert_eq!(messages[0]["error"]["code"], -32000);
@@ -137,10 +142,17 @@ async fn a_killed_child_answers_its_pending_call_within_100ms() {
     loop {
         let (_, connections) = daemon.get("/api/debug/state/connections").await;
         let streams = connections["proxyStreams"].as_array().cloned().unwrap_or_default();
-        let listed = streams.iter().any(|s| s["pending"].as_array().is_some_and(|p| p.iter().any(|p| p["method"] == "tools/call" && p["id"] == 7)));
+        let listed = streams.iter().any(|s| {
+            s["pending"].as_array().is_some_and(|p| p.iter().any(|p| p["method"] == "tools/call" && p["id"] == 7))
+        });
         if listed {
             let sessions = connections["proxySessions"].as_array().unwrap();
-            assert!(sessions.iter().any(|s| s["workspace"] == "demo" && s["pending"].as_array().is_some_and(|p| !p.is_empty())), "{connections:#}");
+            assert!(
+                sessions
+                    .iter()
+                    .any(|s| s["workspace"] == "demo" && s["pending"].as_array().is_some_and(|p| !p.is_empty())),
+                "{connections:#}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "the call never showed as pending: {connections:#}");
@@ -149,7 +161,8 @@ async fn a_killed_child_answers_its_pending_call_within_100ms() {
 
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let killed = Instant::now();
-    let ((status, _, messages), answered) = tokio::time::timeout(Duration::from_secs(5), pending).await.expect("answered").unwrap();
+    let ((status, _, messages), answered) =
+        tokio::time::timeout(Duration::from_secs(5), pending).await.expect("answered").unwrap();
     let took = answered.saturating_duration_since(killed);
     assert!(took < Duration::from_millis(100), "answered {took:?} after the kill");
     assert_eq!(status, 200, "the SSE answer had already started");
@@ -169,9 +182,16 @@ async fn forged_hosts_and_origins_are_refused() {
     let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
     let forged_host = daemon.http.post(&url).header("host", "evil.example:80").body(ping.clone()).send().await.unwrap();
     assert_eq!(forged_host.status(), 403);
-    let forged_origin = daemon.http.post(&url).header("origin", "http://evil.example").body(ping.clone()).send().await.unwrap();
+    let forged_origin =
+        daemon.http.post(&url).header("origin", "http://evil.example").body(ping.clone()).send().await.unwrap();
     assert_eq!(forged_origin.status(), 403);
-    let sse = daemon.http.get(format!("{}/workspaces/demo/sse", daemon.url)).header("origin", "https://evil.example").send().await.unwrap();
+    let sse = daemon
+        .http
+        .get(format!("{}/workspaces/demo/sse", daemon.url))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(sse.status(), 403);
 }
 

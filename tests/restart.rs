@@ -124,7 +124,9 @@ async fn stop_during_backoff_cancels_the_restart() {
     let daemon = Daemon::start(&[("backoff", crash)]).await;
     // The first restart is immediate; the second failure waits 1.5 s.
     let waiting = daemon
-        .wait_for("backoff", UP, |s| s["status"] == "error" && s["restartCount"] == 1 && s["breaker"]["nextRetryAt"].is_string())
+        .wait_for("backoff", UP, |s| {
+            s["status"] == "error" && s["restartCount"] == 1 && s["breaker"]["nextRetryAt"].is_string()
+        })
         .await;
     daemon.post("/api/workspaces/backoff/stop").await;
     daemon.wait_status("backoff", "stopped", UP).await;
@@ -143,7 +145,8 @@ async fn twenty_concurrent_restarts_leave_exactly_one_child() {
     for (code, _) in futures::future::join_all(posts).await {
         assert_eq!(code, 202);
     }
-    let settled = daemon.wait_for("racy", Duration::from_secs(60), |s| s["status"] == "running" && s["restartCount"] == 20).await;
+    let settled =
+        daemon.wait_for("racy", Duration::from_secs(60), |s| s["status"] == "running" && s["restartCount"] == 20).await;
     assert_ne!(settled["pid"], before["pid"]);
     assert_eq!(processes_of("racy"), vec![pid(&settled)]);
 
@@ -167,7 +170,8 @@ async fn crashes_after_stable_runs_never_open_the_breaker() {
     for round in 1..=3 {
         // Each run outlives stableAfter before it crashes.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid(&status) as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid(&status) as i32), nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
         let old = status["pid"].clone();
         status = daemon.wait_for("steady", UP, |s| s["status"] == "running" && s["pid"] != old).await;
         assert_eq!(status["restartCount"], round);

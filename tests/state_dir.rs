@@ -19,7 +19,8 @@ async fn daemon_restart_keeps_every_port() {
     let range = daemon.range;
     let root = daemon.root.clone();
     let dir = daemon.stop().await;
-    let ports: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("state/ports.json")).unwrap()).unwrap();
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("state/ports.json")).unwrap()).unwrap();
     assert_eq!(ports["version"], 1);
     assert_eq!(ports["allocations"]["a"], before[0]);
 

@@ -21,7 +21,8 @@ async fn demo_and_python_sdk_workspaces_run_and_answer_tools() {
             "env": {"NOTES_DIR": "${DATA_DIR}/notes"},
         })
     };
-    let daemon = Daemon::start(&[("demo", demo()), ("notes", notes("streamable-http")), ("legacy", notes("sse"))]).await;
+    let daemon =
+        Daemon::start(&[("demo", demo()), ("notes", notes("streamable-http")), ("legacy", notes("sse"))]).await;
 
     let demo = daemon.wait_status("demo", "running", UP).await;
     assert_eq!(demo["health"], "healthy");
@@ -32,7 +33,8 @@ async fn demo_and_python_sdk_workspaces_run_and_answer_tools() {
     assert_eq!(pid, demo["pid"].to_string(), "the status names the child that answers");
 
     let notes = daemon.wait_status("notes", "running", UP).await;
-    let answer = python_call(notes["upstream"].as_str().unwrap(), "streamable-http", "add", json!({"a": 1, "b": 2})).await;
+    let answer =
+        python_call(notes["upstream"].as_str().unwrap(), "streamable-http", "add", json!({"a": 1, "b": 2})).await;
     assert_eq!(answer["result"], "3");
     assert!(answer["tools"].as_array().unwrap().iter().any(|t| t == "add_note"));
 
@@ -63,7 +65,8 @@ async fn child_sees_exactly_the_allowed_environment() {
     let names = rmcp_call(status["upstream"].as_str().unwrap(), "env", json!({})).await;
     let mut names: Vec<&str> = names.lines().collect();
     names.sort();
-    let mut expected = vec!["EXTRA", "FASTMCP_HOST", "FASTMCP_PORT", "MCPVISOR_WORKSPACE", "MCP_HOST", "MCP_PORT", "PORT", "PATH"];
+    let mut expected =
+        vec!["EXTRA", "FASTMCP_HOST", "FASTMCP_PORT", "MCPVISOR_WORKSPACE", "MCP_HOST", "MCP_PORT", "PORT", "PATH"];
     if std::env::var_os("HOME").is_some() {
         expected.push("HOME");
     }

@@ -11,12 +11,11 @@ mod types;
 mod validate;
 mod watcher;
 
-pub use watcher::{ConfigWatcher, DEBOUNCE};
 pub use template::{expand, TemplateError, TemplateVars};
 pub use types::{
-    BreakerConfig, HealthConfig, Limits, RestartConfig, RestartPolicy, StopConfig, Transport,
-    WorkspaceConfig,
+    BreakerConfig, HealthConfig, Limits, RestartConfig, RestartPolicy, StopConfig, Transport, WorkspaceConfig,
 };
-pub use validate::{is_workspace_file, parse, 
-    is_valid_name, load_dir, load_file, ConfigError, FileError, LoadedFile, MAX_FILE_BYTES,
+pub use validate::{
+    is_valid_name, is_workspace_file, load_dir, load_file, parse, ConfigError, FileError, LoadedFile, MAX_FILE_BYTES,
 };
+pub use watcher::{ConfigWatcher, DEBOUNCE};

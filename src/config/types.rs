@@ -49,9 +49,7 @@ fn yes() -> bool {
 }
 
 fn default_passthrough() -> Vec<String> {
-    ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"]
-        .map(String::from)
-        .to_vec()
+    ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"].map(String::from).to_vec()
 }
 
 impl WorkspaceConfig {
@@ -69,11 +67,7 @@ impl WorkspaceConfig {
     /// Only `description` and `enabled` can change without one: `enabled` is a
     /// start or stop of its own, not a restart.
     pub fn child_differs(&self, next: &WorkspaceConfig) -> bool {
-        let strip = |c: &WorkspaceConfig| WorkspaceConfig {
-            description: None,
-            enabled: true,
-            ..c.clone()
-        };
+        let strip = |c: &WorkspaceConfig| WorkspaceConfig { description: None, enabled: true, ..c.clone() };
         strip(self) != strip(next)
     }
 }
@@ -172,11 +166,7 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: 5,
-            open_for: Duration::from_secs(30),
-            open_max: Duration::from_secs(300),
-        }
+        BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(30), open_max: Duration::from_secs(300) }
     }
 }
 
@@ -191,10 +181,7 @@ pub struct StopConfig {
 
 impl Default for StopConfig {
     fn default() -> Self {
-        StopConfig {
-            signal: "SIGTERM".into(),
-            grace: Duration::from_secs(5),
-        }
+        StopConfig { signal: "SIGTERM".into(), grace: Duration::from_secs(5) }
     }
 }
 

@@ -44,9 +44,7 @@ impl fmt::Display for FileError {
             }
             match e.at.as_str() {
                 "" => write!(f, "{}: {}", self.file.display(), e.message)?,
-                at if at.starts_with('/') => {
-                    write!(f, "{}: {}: {}", self.file.display(), at, e.message)?
-                }
+                at if at.starts_with('/') => write!(f, "{}: {}: {}", self.file.display(), at, e.message)?,
                 at => write!(f, "{}:{}: {}", self.file.display(), at, e.message)?,
             }
         }
@@ -72,12 +70,9 @@ pub struct LoadedFile {
 /// Whether `name` matches `^[a-z0-9][a-z0-9_-]{0,62}$`.
 pub fn is_valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
-    let ok = |b: &u8, first: bool| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || (!first && (*b == b'_' || *b == b'-'))
-    };
-    (1..=63).contains(&bytes.len())
-        && ok(&bytes[0], true)
-        && bytes[1..].iter().all(|b| ok(b, false))
+    let ok =
+        |b: &u8, first: bool| b.is_ascii_lowercase() || b.is_ascii_digit() || (!first && (*b == b'_' || *b == b'-'));
+    (1..=63).contains(&bytes.len()) && ok(&bytes[0], true) && bytes[1..].iter().all(|b| ok(b, false))
 }
 
 /// Whether a directory entry is a candidate workspace file: `*.json`, not a dotfile.
@@ -108,27 +103,15 @@ pub fn load_dir(dir: &Path) -> std::io::Result<Vec<LoadedFile>> {
 
 /// Reads and validates one workspace file; never fails, errors are in the result.
 pub fn load_file(path: &Path) -> LoadedFile {
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default()
-        .to_string();
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
     let fail = |errors: Vec<ConfigError>| LoadedFile {
         name: name.clone(),
         path: path.to_path_buf(),
-        config: Err(FileError {
-            file: path.to_path_buf(),
-            errors,
-        }),
+        config: Err(FileError { file: path.to_path_buf(), errors }),
         version: None,
         modified: None,
     };
-    let whole = |message: String| {
-        vec![ConfigError {
-            at: String::new(),
-            message,
-        }]
-    };
+    let whole = |message: String| vec![ConfigError { at: String::new(), message }];
     let modified = match std::fs::metadata(path) {
         Ok(meta) if meta.len() > MAX_FILE_BYTES => {
             return fail(whole(format!("file is {} bytes, over the 1 MiB limit", meta.len())))
@@ -145,9 +128,7 @@ pub fn load_file(path: &Path) -> LoadedFile {
     if !is_valid_name(&name) {
         errors.push(ConfigError {
             at: String::new(),
-            message: format!(
-                "workspace name {name:?} (the file stem) must match ^[a-z0-9][a-z0-9_-]{{0,62}}$"
-            ),
+            message: format!("workspace name {name:?} (the file stem) must match ^[a-z0-9][a-z0-9_-]{{0,62}}$"),
         });
     }
     match parse(&text) {
@@ -179,7 +160,9 @@ pub fn parse(text: &[u8]) -> Result<WorkspaceConfig, Vec<ConfigError>> {
     let value: Value = serde_json::from_slice(text).map_err(|e| {
         vec![ConfigError {
             at: format!("{}:{}", e.line(), e.column()),
-            message: lowercase_first(&e.to_string().replace(&format!(" at line {} column {}", e.line(), e.column()), "")),
+            message: lowercase_first(
+                &e.to_string().replace(&format!(" at line {} column {}", e.line(), e.column()), ""),
+            ),
         }]
     })?;
     let mut errors = Vec::new();
@@ -250,27 +233,14 @@ const TOP: &[(&str, Kind)] = &[
     ),
     (
         "circuitBreaker",
-        Kind::Obj(&[
-            ("failureThreshold", Kind::Count),
-            ("openFor", Kind::Duration),
-            ("openMax", Kind::Duration),
-        ]),
+        Kind::Obj(&[("failureThreshold", Kind::Count), ("openFor", Kind::Duration), ("openMax", Kind::Duration)]),
     ),
-    (
-        "stop",
-        Kind::Obj(&[("signal", Kind::Signal), ("grace", Kind::Duration)]),
-    ),
-    (
-        "limits",
-        Kind::Obj(&[("memoryMb", Kind::Count), ("openFiles", Kind::Count)]),
-    ),
+    ("stop", Kind::Obj(&[("signal", Kind::Signal), ("grace", Kind::Duration)])),
+    ("limits", Kind::Obj(&[("memoryMb", Kind::Count), ("openFiles", Kind::Count)])),
 ];
 
 fn err(at: &str, message: &str) -> ConfigError {
-    ConfigError {
-        at: at.to_string(),
-        message: message.to_string(),
-    }
+    ConfigError { at: at.to_string(), message: message.to_string() }
 }
 
 fn lowercase_first(s: &str) -> String {
@@ -302,9 +272,7 @@ fn check(value: &Value, kind: &Kind, at: &str, errors: &mut Vec<ConfigError>) {
         }
         Kind::Template | Kind::NonEmptyTemplate => match value.as_str() {
             None => expect("a string"),
-            Some("") if matches!(kind, Kind::NonEmptyTemplate) => {
-                errors.push(err(at, "must not be empty"))
-            }
+            Some("") if matches!(kind, Kind::NonEmptyTemplate) => errors.push(err(at, "must not be empty")),
             Some(s) => check_template(s, at, errors),
         },
         Kind::Path => match value.as_str() {
@@ -436,10 +404,9 @@ mod tests {
 
     #[test]
     fn collects_every_error_with_pointers() {
-        let errors = parse(
-            br#"{"commnd":"x","args":[1,"${NOPE}"],"health":{"interval":"5x","bogus":1},"transport":"tcp"}"#,
-        )
-        .unwrap_err();
+        let errors =
+            parse(br#"{"commnd":"x","args":[1,"${NOPE}"],"health":{"interval":"5x","bogus":1},"transport":"tcp"}"#)
+                .unwrap_err();
         let at: Vec<&str> = errors.iter().map(|e| e.at.as_str()).collect();
         assert_eq!(
             at,

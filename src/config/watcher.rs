@@ -55,12 +55,7 @@ impl ConfigWatcher {
                 let _ = changes.try_send(());
             }
         })?;
-        let mut watcher = ConfigWatcher {
-            dir: dir.to_path_buf(),
-            debouncer,
-            watched: None,
-            error,
-        };
+        let mut watcher = ConfigWatcher { dir: dir.to_path_buf(), debouncer, watched: None, error };
         if let Some(parent) = dir.parent().filter(|p| p.exists()) {
             if let Err(e) = watcher.debouncer.watch(parent, RecursiveMode::NonRecursive) {
                 watcher.set_error(format!("watching {}: {e}", parent.display()));

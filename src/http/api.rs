@@ -57,7 +57,10 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Json<WorkspaceList> {
     Json(WorkspaceList { workspaces })
 }
 
-pub async fn one(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Json<WorkspaceStatus>, ApiError> {
+pub async fn one(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<WorkspaceStatus>, ApiError> {
     let record = state.ctx.bus.view().get(&name).ok_or_else(|| ApiError::unknown_workspace(&name))?;
     Ok(Json(render(&state, &record, SystemTime::now())))
 }
@@ -73,7 +76,13 @@ pub async fn command(
         "start" => Command::Start,
         "stop" => Command::Stop,
         "restart" => Command::Restart,
-        _ => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no action {action:?}; use start, stop or restart"))),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no action {action:?}; use start, stop or restart"),
+            ))
+        }
     };
     let entry = state.registry.get(&name).ok_or_else(|| ApiError::unknown_workspace(&name))?;
     entry.handle.send(command).map_err(|e| match e {
@@ -120,7 +129,9 @@ pub async fn logs(
     let shutdown = state.shutdown.clone();
     let events = backlog
         .chain(live)
-        .map(|line| Ok::<_, std::convert::Infallible>(Event::default().data(serde_json::to_string(&line).unwrap_or_default())))
+        .map(|line| {
+            Ok::<_, std::convert::Infallible>(Event::default().data(serde_json::to_string(&line).unwrap_or_default()))
+        })
         .take_until(shutdown.cancelled_owned());
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(crate::http::sse::KEEP_ALIVE)).into_response())
 }
@@ -139,5 +150,6 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         bus.last_seq(),
         bus.resync_count(),
     );
-    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
 }

@@ -22,24 +22,29 @@ pub async fn check(State(state): State<Arc<AppState>>, request: Request, next: N
     if let Some(host) = headers.get(header::HOST) {
         let host = host.to_str().unwrap_or("");
         if !allowed(strip_port(host)) {
-            return ApiError::new(StatusCode::FORBIDDEN, "forbidden_host", format!("host {host:?} is not allowed")).into_response();
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden_host", format!("host {host:?} is not allowed"))
+                .into_response();
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let host = origin.split_once("://").map(|(_, rest)| strip_port(rest.trim_end_matches('/')));
         if !host.is_some_and(allowed) {
-            return ApiError::new(StatusCode::FORBIDDEN, "forbidden_origin", format!("origin {origin:?} is not allowed")).into_response();
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_origin",
+                format!("origin {origin:?} is not allowed"),
+            )
+            .into_response();
         }
     }
     if let Some(token) = &state.token {
         let open = matches!(request.uri().path(), "/healthz" | "/readyz");
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if !open && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token").into_response();
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")
+                .into_response();
         }
     }
     next.run(request).await

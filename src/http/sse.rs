@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::Extension;
-use axum::http::HeaderMap;
 use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{header, HeaderName};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};

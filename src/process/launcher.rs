@@ -12,10 +12,10 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use super::group::signal_group;
-use super::tree::ProcTable;
 use super::logs::{LogSink, Stream};
 use super::spawner::Spawner;
 use super::spec::LaunchSpec;
+use super::tree::ProcTable;
 
 /// Why a child could not be started. Every variant is a counted failure.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -62,9 +62,7 @@ impl ExitInfo {
     }
 
     pub fn signal_name(&self) -> Option<String> {
-        self.signal.map(|n| {
-            Signal::try_from(n).map_or_else(|_| format!("signal {n}"), |s| s.as_str().to_string())
-        })
+        self.signal.map(|n| Signal::try_from(n).map_or_else(|_| format!("signal {n}"), |s| s.as_str().to_string()))
     }
 }
 
@@ -96,7 +94,11 @@ pub trait Launcher: Send + Sync + 'static {
     ///
     /// # Errors
     /// A classified [`SpawnError`]; nothing is left running then.
-    fn spawn<'a>(&'a self, spec: &'a LaunchSpec, logs: &'a LogSink) -> BoxFuture<'a, Result<Box<dyn Child>, SpawnError>>;
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+        logs: &'a LogSink,
+    ) -> BoxFuture<'a, Result<Box<dyn Child>, SpawnError>>;
 }
 
 /// Runs children as local processes, each the leader of its own process
@@ -114,7 +116,11 @@ impl LocalLauncher {
 }
 
 impl Launcher for LocalLauncher {
-    fn spawn<'a>(&'a self, spec: &'a LaunchSpec, logs: &'a LogSink) -> BoxFuture<'a, Result<Box<dyn Child>, SpawnError>> {
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a LaunchSpec,
+        logs: &'a LogSink,
+    ) -> BoxFuture<'a, Result<Box<dyn Child>, SpawnError>> {
         Box::pin(async move {
             let job = spec.clone();
             let mut child = self.spawner.run(move || spawn_process(&job)).await?;
@@ -126,13 +132,8 @@ impl Launcher for LocalLauncher {
             if let Some(err) = child.stderr.take() {
                 pumps.push(tokio::spawn(logs.clone().pump(err, Stream::Stderr)));
             }
-            Ok(Box::new(LocalChild {
-                child,
-                pid,
-                workspace: spec.workspace.clone(),
-                exit: None,
-                pumps,
-            }) as Box<dyn Child>)
+            Ok(Box::new(LocalChild { child, pid, workspace: spec.workspace.clone(), exit: None, pumps })
+                as Box<dyn Child>)
         })
     }
 }
@@ -211,10 +212,7 @@ impl LocalChild {
         let status = self.child.wait().await;
         super::reaper::forget_leader(self.pid);
         let exit = match status {
-            Ok(status) => ExitInfo {
-                code: status.code(),
-                signal: status.signal(),
-            },
+            Ok(status) => ExitInfo { code: status.code(), signal: status.signal() },
             Err(e) => {
                 tracing::warn!(pid = self.pid, "waiting for child: {e}");
                 ExitInfo { code: None, signal: None }

@@ -69,25 +69,23 @@ impl LogSink {
         let size = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
         let (follow, _) = broadcast::channel(256);
         LogSink {
-            inner: Arc::new(Mutex::new(Inner {
-                path,
-                file,
-                size,
-                pushed: 0,
-                tail: VecDeque::with_capacity(64),
-            })),
+            inner: Arc::new(Mutex::new(Inner { path, file, size, pushed: 0, tail: VecDeque::with_capacity(64) })),
             follow,
         }
     }
 
     pub fn push(&self, stream: Stream, line: String) {
-        let line = LogLine {
-            ts: Timestamp::now(),
-            stream,
-            line,
-        };
+        let line = LogLine { ts: Timestamp::now(), stream, line };
         let mut inner = self.inner.lock().unwrap();
-        let text = format!("{} {} {}\n", line.ts, match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr" }, line.line);
+        let text = format!(
+            "{} {} {}\n",
+            line.ts,
+            match stream {
+                Stream::Stdout => "stdout",
+                Stream::Stderr => "stderr",
+            },
+            line.line
+        );
         if inner.size + text.len() as u64 > ROTATE_BYTES {
             inner.rotate();
         }

@@ -10,8 +10,8 @@ mod launcher;
 mod logs;
 pub mod reaper;
 pub mod runtime;
-mod spec;
 pub mod spawner;
+mod spec;
 pub mod tree;
 
 pub use group::signal_group;

@@ -75,11 +75,8 @@ pub fn build_spec(
     };
     let cwd = cwd.canonicalize().map_err(|_| SpawnError::CwdMissing(cwd.clone()))?;
 
-    let mut env: Vec<(String, String)> = config
-        .env_passthrough
-        .iter()
-        .filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), v)))
-        .collect();
+    let mut env: Vec<(String, String)> =
+        config.env_passthrough.iter().filter_map(|name| std::env::var(name).ok().map(|v| (name.clone(), v))).collect();
     let port = port.to_string();
     for (name, value) in [
         ("PORT", port.as_str()),
@@ -99,14 +96,7 @@ pub fn build_spec(
     let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let program = resolve_program(&command, &cwd, path_var)?;
     let args = config.args.iter().map(|a| expand(a)).collect::<Result<_, _>>()?;
-    Ok(LaunchSpec {
-        workspace: workspace.to_string(),
-        program,
-        args,
-        env,
-        cwd,
-        limits: config.limits.clone(),
-    })
+    Ok(LaunchSpec { workspace: workspace.to_string(), program, args, env, cwd, limits: config.limits.clone() })
 }
 
 fn set_env(env: &mut Vec<(String, String)>, name: &str, value: String) {
@@ -120,12 +110,7 @@ fn resolve_program(command: &str, cwd: &Path, path_var: Option<&str>) -> Result<
     let candidates: Vec<PathBuf> = if command.contains('/') {
         vec![cwd.join(command)]
     } else {
-        path_var
-            .unwrap_or_default()
-            .split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| cwd.join(d).join(command))
-            .collect()
+        path_var.unwrap_or_default().split(':').filter(|d| !d.is_empty()).map(|d| cwd.join(d).join(command)).collect()
     };
     let mut not_executable = None;
     for path in candidates {
@@ -158,7 +143,10 @@ mod tests {
         let config = parse(br#"{"command":"sh","args":["-c","${PORT}"],"envPassthrough":["PATH"],"env":{"PORT":"override","X":"${WORKSPACE}"}}"#).unwrap();
         let spec = build_spec("dev", &config, 41000, &ctx).unwrap();
         let names: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["PATH", "MCP_PORT", "FASTMCP_PORT", "MCP_HOST", "FASTMCP_HOST", "MCPVISOR_WORKSPACE", "PORT", "X"]);
+        assert_eq!(
+            names,
+            ["PATH", "MCP_PORT", "FASTMCP_PORT", "MCP_HOST", "FASTMCP_HOST", "MCPVISOR_WORKSPACE", "PORT", "X"]
+        );
         assert_eq!(spec.args, ["-c", "41000"]);
         assert_eq!(spec.cwd, ctx.data_dir("dev").canonicalize().unwrap());
         let mode = std::fs::metadata(ctx.data_dir("dev")).unwrap().permissions().mode();

@@ -113,43 +113,21 @@ impl EventBus {
     /// Without `last_event_id` the subscription opens with a `snapshot` event
     /// per workspace. With one, it replays the events after it from the ring,
     /// or opens with a `resync` snapshot when the ring no longer holds them.
-    pub fn subscribe(
-        self: &Arc<Self>,
-        filter: Option<BTreeSet<String>>,
-        last_event_id: Option<u64>,
-    ) -> Subscription {
+    pub fn subscribe(self: &Arc<Self>, filter: Option<BTreeSet<String>>, last_event_id: Option<u64>) -> Subscription {
         let ring = self.ring.lock().unwrap();
         let receiver = self.sender.subscribe();
         let wanted = |e: &Event| filter.as_ref().is_none_or(|f| f.contains(&e.workspace));
         let initial = match last_event_id {
-            Some(id)
-                if id <= ring.last_seq
-                    && ring.events.front().map_or(id == ring.last_seq, |e| e.seq <= id + 1) =>
-            {
-                ring.events
-                    .iter()
-                    .filter(|e| e.seq > id && wanted(e))
-                    .cloned()
-                    .collect()
+            Some(id) if id <= ring.last_seq && ring.events.front().map_or(id == ring.last_seq, |e| e.seq <= id + 1) => {
+                ring.events.iter().filter(|e| e.seq > id && wanted(e)).cloned().collect()
             }
             Some(_) => self.snapshot_events(&filter, ring.last_seq, "resync"),
             None => self.snapshot_events(&filter, ring.last_seq, "snapshot"),
         };
-        Subscription {
-            bus: self.clone(),
-            pending: initial.into(),
-            receiver,
-            filter,
-            skip_through: ring.last_seq,
-        }
+        Subscription { bus: self.clone(), pending: initial.into(), receiver, filter, skip_through: ring.last_seq }
     }
 
-    fn snapshot_events(
-        &self,
-        filter: &Option<BTreeSet<String>>,
-        seq: u64,
-        reason: &str,
-    ) -> Vec<Arc<Event>> {
+    fn snapshot_events(&self, filter: &Option<BTreeSet<String>>, seq: u64, reason: &str) -> Vec<Arc<Event>> {
         self.view
             .load()
             .workspaces
@@ -182,12 +160,7 @@ fn notification(record: &WorkspaceRecord, previous: Option<Status>, reason: &str
     let json = json.to_string();
     // serde_json never emits a raw newline, so the JSON is one `data:` line.
     let frame = bytes::Bytes::from(format!("id: {seq}\ndata: {json}\n\n"));
-    Event {
-        seq,
-        workspace: s.workspace.clone(),
-        json,
-        frame,
-    }
+    Event { seq, workspace: s.workspace.clone(), json, frame }
 }
 
 /// One subscriber's stream of events: first its snapshot or replay, then
@@ -226,10 +199,7 @@ impl Subscription {
                     let ring = self.bus.ring.lock().unwrap();
                     self.receiver = self.bus.sender.subscribe();
                     self.skip_through = ring.last_seq;
-                    self.pending = self
-                        .bus
-                        .snapshot_events(&self.filter, ring.last_seq, "resync")
-                        .into();
+                    self.pending = self.bus.snapshot_events(&self.filter, ring.last_seq, "resync").into();
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
@@ -292,10 +262,18 @@ mod tests {
         }
         assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "the reading subscriber got every event in order");
         let first = stalled.next().await.unwrap();
-        assert_eq!(seq_and_reason(&first), (total, "resync".to_string()), "the stalled one is resynced to the newest state");
+        assert_eq!(
+            seq_and_reason(&first),
+            (total, "resync".to_string()),
+            "the stalled one is resynced to the newest state"
+        );
         assert_eq!(bus.resync_count(), 1);
         bus.transition(record("w", Status::Running), None, "ready");
-        assert_eq!(seq_and_reason(&stalled.next().await.unwrap()), (total + 1, "ready".to_string()), "and then follows live");
+        assert_eq!(
+            seq_and_reason(&stalled.next().await.unwrap()),
+            (total + 1, "ready".to_string()),
+            "and then follows live"
+        );
     }
 
     #[tokio::test]

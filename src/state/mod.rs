@@ -12,7 +12,7 @@ mod view;
 
 pub use events::{Event, EventBus, Subscription, DEFAULT_RING_CAPACITY};
 pub use status::{
-    BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Resources, Status, Timestamp,
-    WorkspaceRecord, WorkspaceStatus,
+    BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Resources, Status, Timestamp, WorkspaceRecord,
+    WorkspaceStatus,
 };
 pub use view::{Snapshot, StateView};

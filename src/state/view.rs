@@ -41,8 +41,7 @@ impl StateView {
     pub(crate) fn put(&self, record: Arc<WorkspaceRecord>) {
         self.current.rcu(|snapshot| {
             let mut next = Snapshot::clone(snapshot);
-            next.workspaces
-                .insert(record.status.workspace.clone(), record.clone());
+            next.workspaces.insert(record.status.workspace.clone(), record.clone());
             next
         });
     }

@@ -16,11 +16,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max: max.max(initial),
-            failures: 0,
-        }
+        Backoff { initial, max: max.max(initial), failures: 0 }
     }
 
     /// Counts one more failure and returns how long to wait before the next start.

@@ -26,13 +26,7 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(config: BreakerConfig) -> Breaker {
-        Breaker {
-            config,
-            state: BreakerState::Closed,
-            failures: 0,
-            opens: 0,
-            open_until: None,
-        }
+        Breaker { config, state: BreakerState::Closed, failures: 0, opens: 0, open_until: None }
     }
 
     pub fn state(&self) -> BreakerState {

@@ -84,7 +84,11 @@ impl Manager {
         }
         self.reconcile(files, false).await;
         self.ready.store(true, Ordering::Release);
-        tracing::info!(workspaces = self.applied.len(), elapsed_ms = started.elapsed().as_millis() as u64, "initial load done");
+        tracing::info!(
+            workspaces = self.applied.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "initial load done"
+        );
         let mut rescan = tokio::time::interval(self.rescan_every);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -141,7 +145,8 @@ impl Manager {
 
     async fn reconcile_files(&mut self, files: Vec<LoadedFile>, settle: bool) -> bool {
         let now = SystemTime::now();
-        let fresh = |f: &LoadedFile| f.modified.is_some_and(|m| now.duration_since(m).map_or(true, |age| age < DEBOUNCE));
+        let fresh =
+            |f: &LoadedFile| f.modified.is_some_and(|m| now.duration_since(m).map_or(true, |age| age < DEBOUNCE));
         let mut unsettled = false;
         let (good, bad): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| is_valid_name(&f.name));
         let bad: Vec<FileError> = bad.into_iter().filter_map(|f| f.config.err()).collect();
@@ -171,10 +176,7 @@ impl Manager {
         }
 
         for file in good {
-            let next = Applied {
-                version: file.version.clone(),
-                error: file.config.as_ref().err().cloned(),
-            };
+            let next = Applied { version: file.version.clone(), error: file.config.as_ref().err().cloned() };
             match self.applied.get(&file.name) {
                 Some(applied) if *applied == next => continue,
                 _ if settle && fresh(&file) => {

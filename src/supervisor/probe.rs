@@ -61,9 +61,7 @@ pub async fn initialize(
             _ => initialize_streamable(client, url).await,
         }
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| ProbeError::Timeout(timeout))?
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| ProbeError::Timeout(timeout))?
 }
 
 /// Probes until the child answers or `startup_timeout` passes.
@@ -98,10 +96,7 @@ pub async fn await_ready(
 }
 
 fn connect_error(url: &str, e: reqwest::Error) -> ProbeError {
-    ProbeError::Connect {
-        url: url.to_string(),
-        message: e.to_string(),
-    }
+    ProbeError::Connect { url: url.to_string(), message: e.to_string() }
 }
 
 async fn initialize_streamable(client: &reqwest::Client, url: &str) -> Result<(), ProbeError> {
@@ -148,12 +143,8 @@ async fn initialize_streamable(client: &reqwest::Client, url: &str) -> Result<()
 }
 
 async fn initialize_sse(client: &reqwest::Client, url: &str) -> Result<(), ProbeError> {
-    let response = client
-        .get(url)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .map_err(|e| connect_error(url, e))?;
+    let response =
+        client.get(url).header("accept", "text/event-stream").send().await.map_err(|e| connect_error(url, e))?;
     if !response.status().is_success() {
         return Err(ProbeError::Protocol(format!("HTTP {}", response.status())));
     }
@@ -163,9 +154,8 @@ async fn initialize_sse(client: &reqwest::Client, url: &str) -> Result<(), Probe
         let event = event.map_err(|e| ProbeError::Protocol(e.to_string()))?;
         if event.event == "endpoint" && !posted {
             let base = reqwest::Url::parse(url).map_err(|e| ProbeError::Protocol(e.to_string()))?;
-            let endpoint = base
-                .join(event.data.trim())
-                .map_err(|e| ProbeError::Protocol(format!("bad endpoint event: {e}")))?;
+            let endpoint =
+                base.join(event.data.trim()).map_err(|e| ProbeError::Protocol(format!("bad endpoint event: {e}")))?;
             let answer = client
                 .post(endpoint)
                 .header("content-type", "application/json")

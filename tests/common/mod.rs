@@ -190,19 +190,15 @@ pub async fn rmcp_call(url: &str, tool: &str, args: Value) -> String {
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
     use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::ServiceExt;
-    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_string()));
+    let transport =
+        StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_string()));
     let client = ().serve(transport).await.expect("rmcp client initializes");
-    let params = CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
+    let params =
+        CallToolRequestParams::new(tool.to_string()).with_arguments(args.as_object().cloned().unwrap_or_default());
     let result = client.call_tool(params).await.expect("tool call succeeds");
     let _ = client.cancel().await;
     let value = serde_json::to_value(&result).unwrap();
-    value["content"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["text"].as_str())
-        .collect::<Vec<_>>()
-        .join("")
+    value["content"].as_array().into_iter().flatten().filter_map(|c| c["text"].as_str()).collect::<Vec<_>>().join("")
 }
 
 /// Runs `tests/py/mcp_client.py` (the Python `mcp` SDK client); returns its JSON line.
@@ -218,7 +214,13 @@ pub async fn python_call(url: &str, transport: &str, tool: &str, args: Value) ->
 }
 
 /// Reads SSE events from `url` until `count` arrived or `within` passed.
-pub async fn read_events(http: &reqwest::Client, url: &str, last_event_id: Option<u64>, count: usize, within: Duration) -> Vec<(u64, Value)> {
+pub async fn read_events(
+    http: &reqwest::Client,
+    url: &str,
+    last_event_id: Option<u64>,
+    count: usize,
+    within: Duration,
+) -> Vec<(u64, Value)> {
     use eventsource_stream::Eventsource;
     let mut request = http.get(url);
     if let Some(id) = last_event_id {
@@ -276,7 +278,12 @@ pub async fn python_client(args: &[&str]) -> Value {
 
 /// One raw MCP POST; returns the HTTP status, the session id it issued and
 /// every JSON-RPC message of the answer (a JSON body or SSE `data` events).
-pub async fn mcp_post(http: &reqwest::Client, url: &str, session: Option<&str>, body: &Value) -> (u16, Option<String>, Vec<Value>) {
+pub async fn mcp_post(
+    http: &reqwest::Client,
+    url: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> (u16, Option<String>, Vec<Value>) {
     let mut request = http
         .post(url)
         .header("accept", "application/json, text/event-stream")
@@ -289,7 +296,8 @@ pub async fn mcp_post(http: &reqwest::Client, url: &str, session: Option<&str>, 
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let session = response.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_string());
-    let sse = response.headers().get("content-type").is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
+    let sse =
+        response.headers().get("content-type").is_some_and(|v| v.to_str().unwrap().starts_with("text/event-stream"));
     let text = response.text().await.unwrap_or_default();
     let messages = if sse {
         text.lines()

@@ -81,10 +81,7 @@ impl Exchange {
 }
 
 fn render_pending(pending: &[Pending]) -> Vec<Value> {
-    pending
-        .iter()
-        .map(|p| json!({"id": p.request.id, "method": p.request.method, "startedAt": p.started_at}))
-        .collect()
+    pending.iter().map(|p| json!({"id": p.request.id, "method": p.request.method, "startedAt": p.started_at})).collect()
 }
 
 #[derive(Debug)]
@@ -178,7 +175,8 @@ impl Connections {
                     .iter()
                     .filter(|e| &e.workspace == workspace && e.session.lock().unwrap().as_deref() == Some(id.as_str()))
                     .collect();
-                let pending: Vec<Value> = mine.iter().flat_map(|e| render_pending(&e.pending.lock().unwrap())).collect();
+                let pending: Vec<Value> =
+                    mine.iter().flat_map(|e| render_pending(&e.pending.lock().unwrap())).collect();
                 json!({
                     "workspace": workspace,
                     "sessionId": id,

@@ -45,10 +45,7 @@ pub fn peek(body: &[u8]) -> Peeked {
     } else {
         serde_json::from_slice::<Message>(body).map(|m| vec![m]).unwrap_or_default()
     };
-    let requests = messages
-        .into_iter()
-        .filter_map(|m| Some(RequestId { id: m.id?, method: m.method? }))
-        .collect();
+    let requests = messages.into_iter().filter_map(|m| Some(RequestId { id: m.id?, method: m.method? })).collect();
     Peeked { requests, batch }
 }
 

@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 use super::connections::{Exchange, Registration};
 use super::jsonrpc::{self, Peeked};
 use super::relay::{note_answers, SseEvent, SseScanner, Tracked};
-use super::{downstream_headers, is_event_stream, peer, read_body, unavailable, upstream_headers, upstream_uri, Proxy, ProxyError};
+use super::{
+    downstream_headers, is_event_stream, peer, read_body, unavailable, upstream_headers, upstream_uri, Proxy,
+    ProxyError,
+};
 use crate::http::AppState;
 use crate::state::{Status, WorkspaceRecord};
 
@@ -61,7 +64,11 @@ impl Drop for SessionGuard {
 }
 
 /// The checks both routes share: the workspace exists, speaks `sse` and runs.
-fn route(proxy: &Proxy, name: &str, peeked: &Peeked) -> Result<(Arc<WorkspaceRecord>, CancellationToken, u16), Response> {
+fn route(
+    proxy: &Proxy,
+    name: &str,
+    peeked: &Peeked,
+) -> Result<(Arc<WorkspaceRecord>, CancellationToken, u16), Response> {
     let Some(record) = proxy.bus.view().get(name) else {
         return Err(ProxyError::unknown(name).reply(peeked));
     };
@@ -156,7 +163,19 @@ fn stream(
         Ended,
     }
     let session = SessionGuard { proxy: proxy.clone(), key: None };
-    let st = St { proxy, name, upstream, run, registration, subscription, start_seq, scanner: SseScanner::default(), session, held: VecDeque::new(), finished: false };
+    let st = St {
+        proxy,
+        name,
+        upstream,
+        run,
+        registration,
+        subscription,
+        start_seq,
+        scanner: SseScanner::default(),
+        session,
+        held: VecDeque::new(),
+        finished: false,
+    };
     let body = futures::stream::unfold(st, |mut st| async move {
         if st.finished {
             return None;
@@ -255,10 +274,7 @@ pub async fn messages(
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
-    let started = tokio::time::Instant::now();
-    let response = relay_message(&state, name.clone(), connect, request).await;
-    state.ctx.metrics.proxy_request(&name, response.status().as_u16(), started.elapsed());
-    response
+    super::counted(&state, &name.clone(), relay_message(&state, name, connect, request)).await
 }
 
 async fn relay_message(

@@ -54,6 +54,19 @@ const EXIT_GRACE: Duration = Duration::from_millis(50);
 
 type HttpClient = Client<HttpConnector, Body>;
 
+/// Runs one proxied request, counting it in `mcpvisor_proxy_requests_total`
+/// by status and timing it to the response headers.
+async fn counted(
+    state: &crate::http::AppState,
+    workspace: &str,
+    relay: impl std::future::Future<Output = Response>,
+) -> Response {
+    let started = tokio::time::Instant::now();
+    let response = relay.await;
+    state.ctx.metrics.proxy_request(workspace, response.status().as_u16(), started.elapsed());
+    response
+}
+
 /// One run of a child: it ends when the workspace leaves `running` or its
 /// pid changes.
 struct Run {
@@ -241,10 +254,8 @@ impl ProxyError {
 fn unavailable(name: &str, record: &WorkspaceRecord) -> ProxyError {
     let status = &record.status;
     let now = SystemTime::now();
-    let retry_after = status
-        .breaker
-        .next_retry_at
-        .map(|at| at.0.duration_since(now).unwrap_or_default().as_millis() as u64);
+    let retry_after =
+        status.breaker.next_retry_at.map(|at| at.0.duration_since(now).unwrap_or_default().as_millis() as u64);
     let stderr_tail = status.last_error.as_ref().map(|e| e.stderr_tail.clone()).unwrap_or_default();
     ProxyError {
         http: StatusCode::SERVICE_UNAVAILABLE,
@@ -262,16 +273,16 @@ fn unavailable(name: &str, record: &WorkspaceRecord) -> ProxyError {
 
 /// Reads a POST body of at most [`MAX_BODY`] bytes.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(ProxyError::too_large().reply(&Peeked::default()));
     }
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ProxyError::too_large().reply(&Peeked::default())),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ProxyError::too_large().reply(&Peeked::default()))
+        }
         Err(e) => Err(ProxyError {
             http: StatusCode::BAD_REQUEST,
             code: jsonrpc::INVALID_REQUEST,
@@ -336,7 +347,8 @@ fn downstream_headers(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name.as_str());
     }
-    let drop: Vec<HeaderName> = headers.keys().filter(|n| hop_by_hop(n) && *n != header::CONTENT_LENGTH).cloned().collect();
+    let drop: Vec<HeaderName> =
+        headers.keys().filter(|n| hop_by_hop(n) && *n != header::CONTENT_LENGTH).cloned().collect();
     for name in drop {
         headers.remove(name);
     }

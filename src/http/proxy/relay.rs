@@ -34,7 +34,10 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -226,7 +229,8 @@ mod tests {
     fn scans_events_across_chunks() {
         let mut scanner = SseScanner::default();
         let mut events = vec![];
-        scanner.feed(b"event: endpoint\r\ndata: /messages/?session_id=1\r\n\r\n: ping\n\nid: 4\nda", |e| events.push(e));
+        scanner
+            .feed(b"event: endpoint\r\ndata: /messages/?session_id=1\r\n\r\n: ping\n\nid: 4\nda", |e| events.push(e));
         assert!(scanner.mid_event());
         scanner.feed(b"ta: {\"a\":1}\ndata: x\n\n", |e| events.push(e));
         assert!(!scanner.mid_event());

@@ -13,7 +13,9 @@ use axum::Extension;
 
 use super::jsonrpc::{self, Peeked};
 use super::relay::{self, Tracked};
-use super::{downstream_headers, is_event_stream, peer, read_body, unavailable, upstream_headers, upstream_uri, ProxyError};
+use super::{
+    downstream_headers, is_event_stream, peer, read_body, unavailable, upstream_headers, upstream_uri, ProxyError,
+};
 use crate::http::AppState;
 use crate::state::Status;
 
@@ -27,10 +29,7 @@ pub async fn mcp(
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
-    let started = tokio::time::Instant::now();
-    let response = relay_mcp(&state, name.clone(), connect, request).await;
-    state.ctx.metrics.proxy_request(&name, response.status().as_u16(), started.elapsed());
-    response
+    super::counted(&state, &name.clone(), relay_mcp(&state, name, connect, request)).await
 }
 
 async fn relay_mcp(
@@ -57,11 +56,16 @@ async fn relay_mcp(
         return ProxyError::unknown(&name).reply(&peeked);
     };
     match record.status.transport {
-        "sse" => return ProxyError::wrong_transport(&name, "sse", &format!("use /workspaces/{name}/sse")).reply(&peeked),
-        "stdio" => return ProxyError::wrong_transport(&name, "stdio", "stdio children are not bridged yet").reply(&peeked),
+        "sse" => {
+            return ProxyError::wrong_transport(&name, "sse", &format!("use /workspaces/{name}/sse")).reply(&peeked)
+        }
+        "stdio" => {
+            return ProxyError::wrong_transport(&name, "stdio", "stdio children are not bridged yet").reply(&peeked)
+        }
         _ => {}
     }
-    let (Some(run), Some(port), Some(target)) = (proxy.run(&name), record.status.port, record.status.upstream.as_deref())
+    let (Some(run), Some(port), Some(target)) =
+        (proxy.run(&name), record.status.port, record.status.upstream.as_deref())
     else {
         let record = proxy.bus.view().get(&name).unwrap_or(record);
         return unavailable(&name, &record).reply(&peeked);
@@ -69,7 +73,8 @@ async fn relay_mcp(
     if record.status.status != Status::Running {
         return unavailable(&name, &record).reply(&peeked);
     }
-    let path = target.find("://").and_then(|i| target[i + 3..].find('/').map(|j| &target[i + 3 + j..])).unwrap_or("/mcp");
+    let path =
+        target.find("://").and_then(|i| target[i + 3..].find('/').map(|j| &target[i + 3 + j..])).unwrap_or("/mcp");
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_string(),
@@ -82,7 +87,8 @@ async fn relay_mcp(
     if let Some(session) = &session {
         proxy.connections.touch_session(&name, session, "streamable-http");
     }
-    let registration = proxy.connections.open(&name, "streamable-http", parts.method.as_str(), session.as_deref(), peer(connect));
+    let registration =
+        proxy.connections.open(&name, "streamable-http", parts.method.as_str(), session.as_deref(), peer(connect));
     registration.exchange.add_pending(&peeked.requests);
 
     let mut upstream = axum::http::Request::new(body);

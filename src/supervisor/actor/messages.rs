@@ -17,10 +17,7 @@ pub enum Command {
     /// Stop the child if it runs, then start it; closes the breaker.
     Restart,
     /// A new valid config from the workspace file.
-    Apply {
-        config: Arc<WorkspaceConfig>,
-        version: String,
-    },
+    Apply { config: Arc<WorkspaceConfig>, version: String },
     /// The workspace file turned invalid; the last good config keeps running.
     Invalid(FileError),
     /// The sampled tree uses more memory than `limits.memoryMb`.

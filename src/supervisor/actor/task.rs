@@ -18,8 +18,7 @@ use crate::config::{FileError, RestartPolicy, Transport, WorkspaceConfig};
 use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, ExitInfo, LogSink, SpawnError};
 use crate::state::{
-    BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, Timestamp,
-    WorkspaceRecord, WorkspaceStatus,
+    BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, Timestamp, WorkspaceRecord, WorkspaceStatus,
 };
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::breaker::Breaker;
@@ -118,11 +117,7 @@ enum ProbeKind {
 enum Event {
     Command(Command),
     Exited(ExitInfo),
-    Probe {
-        generation: u64,
-        kind: ProbeKind,
-        result: Result<(), ProbeError>,
-    },
+    Probe { generation: u64, kind: ProbeKind, result: Result<(), ProbeError> },
     Timer,
     Shutdown,
 }
@@ -349,7 +344,13 @@ impl Actor {
         };
         tracing::info!(pid = child.pid(), port, reason, "child started");
         if let Some(process) = ProcessId::of(child.pid() as i32) {
-            let entry = RuntimeEntry { pid: process.pid, pgid: child.pgid(), start_time: process.start_time, port, tree: vec![] };
+            let entry = RuntimeEntry {
+                pid: process.pid,
+                pgid: child.pgid(),
+                start_time: process.start_time,
+                port,
+                tree: vec![],
+            };
             self.ctx.runtime.set(&self.name, entry);
         }
         self.child = Some(child);
@@ -440,10 +441,8 @@ impl Actor {
                 self.set_status(Status::Running, "ready");
             }
             Err(e) => {
-                let message = format!(
-                    "not ready within {}: {e}",
-                    humantime::format_duration(self.config.health.startup_timeout)
-                );
+                let message =
+                    format!("not ready within {}: {e}", humantime::format_duration(self.config.health.startup_timeout));
                 tracing::warn!("{message}");
                 self.kill_child().await;
                 self.fail(self.error_record(message, "startup timeout", None), "startup timeout");
@@ -491,7 +490,8 @@ impl Actor {
         if self.child.is_none() || !matches!(self.status, Status::Running | Status::Starting) {
             return;
         }
-        let message = format!("memory limit: the process tree uses {} MiB, over the {limit} MiB limit", rss_bytes >> 20);
+        let message =
+            format!("memory limit: the process tree uses {} MiB, over the {limit} MiB limit", rss_bytes >> 20);
         tracing::warn!("{message}; restarting");
         let record = self.error_record(message, "memory limit", None);
         self.stop_child("memory limit").await;
@@ -629,9 +629,8 @@ impl Actor {
     }
 
     fn record(&self) -> WorkspaceRecord {
-        let next_retry = self.restart_at.map(|t| {
-            Timestamp(SystemTime::now() + t.saturating_duration_since(Instant::now()))
-        });
+        let next_retry =
+            self.restart_at.map(|t| Timestamp(SystemTime::now() + t.saturating_duration_since(Instant::now())));
         let pending = next_retry.map(|at| {
             let what = if self.breaker.state() == BreakerState::Open { "half-open trial" } else { "restart" };
             format!("{what} at {at}")
@@ -647,10 +646,7 @@ impl Actor {
                 port: self.port,
                 transport: self.config.transport.as_str(),
                 upstream: self.port.map(|p| upstream(p, &self.config)),
-                proxy: ProxyPaths {
-                    mcp: format!("/workspaces/{name}/mcp"),
-                    sse: format!("/workspaces/{name}/sse"),
-                },
+                proxy: ProxyPaths { mcp: format!("/workspaces/{name}/mcp"), sse: format!("/workspaces/{name}/sse") },
                 started_at: self.started_at.map(Timestamp),
                 uptime_ms: None,
                 last_health_check: self.last_health_check.map(Timestamp),
