@@ -30,7 +30,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -46,6 +46,10 @@ use jsonrpc::Peeked;
 
 /// Largest POST body passed on (DESIGN §8); larger ones get 413.
 pub const MAX_BODY: usize = 4 << 20;
+/// How much of an oversized body is read and dropped before the 413.
+const DRAIN_CAP: usize = 4 * MAX_BODY;
+/// How long a request body may take to arrive.
+const DRAIN_TIME: Duration = Duration::from_secs(30);
 /// How long a JSON-RPC request may wait on the child by default.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a broken upstream connection waits for the actor to publish the
@@ -272,25 +276,60 @@ fn unavailable(name: &str, record: &WorkspaceRecord) -> ProxyError {
 }
 
 /// Reads a POST body of at most [`MAX_BODY`] bytes.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Bytes, Response> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(ProxyError::too_large().reply(&Peeked::default()));
-    }
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ProxyError::too_large().reply(&Peeked::default()))
+    let mut over = declared.is_some_and(|n| n > MAX_BODY as u64);
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    // An oversized body is still read (and dropped), up to a cap and a time
+    // limit: answering 413 while the client is still writing would reset the
+    // connection, and the client would see an error instead of the answer.
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ProxyError {
+                    http: StatusCode::BAD_REQUEST,
+                    code: jsonrpc::INVALID_REQUEST,
+                    message: format!("reading the request body: {e}"),
+                    data: Value::Null,
+                }
+                .reply(&Peeked::default()))
+            }
+            Err(_) if over => break,
+            Err(_) => {
+                return Err(ProxyError {
+                    http: StatusCode::REQUEST_TIMEOUT,
+                    code: jsonrpc::INVALID_REQUEST,
+                    message: "the request body did not arrive in time".into(),
+                    data: Value::Null,
+                }
+                .reply(&Peeked::default()))
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen > MAX_BODY {
+            over = true;
+            collected = bytes::BytesMut::new();
         }
-        Err(e) => Err(ProxyError {
-            http: StatusCode::BAD_REQUEST,
-            code: jsonrpc::INVALID_REQUEST,
-            message: format!("reading the request body: {e}"),
-            data: Value::Null,
+        if over {
+            if seen > DRAIN_CAP {
+                break;
+            }
+        } else {
+            collected.extend_from_slice(&data);
         }
-        .reply(&Peeked::default())),
     }
+    if over {
+        let mut response = ProxyError::too_large().reply(&Peeked::default());
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(response);
+    }
+    Ok(collected.freeze())
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and those the proxy sets itself.
