@@ -54,7 +54,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a broken upstream connection waits for the actor to publish the
 /// child's exit, so the error names the status the child ended in.
-const EXIT_GRACE: Duration = Duration::from_millis(50);
+const EXIT_GRACE: Duration = Duration::from_millis(20);
 
 type HttpClient = Client<HttpConnector, Body>;
 
