@@ -84,18 +84,27 @@ pub enum CliCommand {
         workspace: String,
         #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
         url: String,
+        /// Print the WorkspaceStatus as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop a workspace.
     Stop {
         workspace: String,
         #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
         url: String,
+        /// Print the WorkspaceStatus as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Restart a workspace.
     Restart {
         workspace: String,
         #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
         url: String,
+        /// Print the WorkspaceStatus as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Internal: kills what a crashed daemon left (started by `serve`).
     #[command(hide = true)]
@@ -247,9 +256,22 @@ pub async fn status(url: &str, json: bool) -> Result<(), ClientError> {
 }
 
 /// `mcpvisor start|stop|restart`.
-pub async fn command(url: &str, workspace: &str, action: &str) -> Result<(), ClientError> {
-    let body = request(reqwest::Method::POST, &format!("{url}/api/workspaces/{workspace}/{action}")).await?;
-    println!("{workspace}: {action} requested (status now {})", text(&body["status"]));
+pub async fn command(url: &str, workspace: &str, action: &str, json: bool) -> Result<(), ClientError> {
+    let endpoint = format!("{url}/api/workspaces/{workspace}/{action}");
+    let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.to_string(), message: e.to_string() };
+    let response = client().post(&endpoint).send().await.map_err(unreachable)?;
+    let noop = response.headers().get("x-mcpvisor-noop").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let status = response.status();
+    let body: Value = response.json().await.map_err(unreachable)?;
+    if !status.is_success() {
+        let message = body.get("error").and_then(Value::as_str).unwrap_or("request failed");
+        return Err(ClientError::Api(format!("{message} (HTTP {})", status.as_u16())));
+    }
+    match (json, noop) {
+        (true, _) => println!("{body}"),
+        (false, Some(noop)) => println!("{workspace}: nothing to do, {noop}"),
+        (false, None) => println!("{workspace}: {action} requested (status now {})", text(&body["status"])),
+    }
     Ok(())
 }
 

@@ -88,9 +88,9 @@ async fn run_client(command: CliCommand) -> i32 {
         CliCommand::Status { url, json } => cli::status(&url, json).await,
         CliCommand::Watch { workspace, url, json } => cli::watch(&url, workspace.as_deref(), json).await,
         CliCommand::Logs { workspace, lines, follow, url } => cli::logs(&url, &workspace, lines, follow).await,
-        CliCommand::Start { workspace, url } => cli::command(&url, &workspace, "start").await,
-        CliCommand::Stop { workspace, url } => cli::command(&url, &workspace, "stop").await,
-        CliCommand::Restart { workspace, url } => cli::command(&url, &workspace, "restart").await,
+        CliCommand::Start { workspace, url, json } => cli::command(&url, &workspace, "start", json).await,
+        CliCommand::Stop { workspace, url, json } => cli::command(&url, &workspace, "stop", json).await,
+        CliCommand::Restart { workspace, url, json } => cli::command(&url, &workspace, "restart", json).await,
         _ => unreachable!("handled in main"),
     };
     match result {

@@ -124,6 +124,8 @@ async fn cli_status_logs_and_exit_codes() {
     let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(parsed["workspaces"][0]["workspace"], "cli");
 
+    let noop = run(args(&["start", "cli"])).await;
+    assert!(String::from_utf8_lossy(&noop.stdout).contains("cli: nothing to do, already running"));
     let unknown = run(args(&["restart", "nope"])).await;
     assert_eq!(unknown.status.code(), Some(1), "unknown workspace");
     let unreachable = run(vec!["status".into(), "--url".into(), "http://127.0.0.1:9".into()]).await;

@@ -150,9 +150,10 @@ async fn twenty_concurrent_restarts_leave_exactly_one_child() {
     assert_ne!(settled["pid"], before["pid"]);
     assert_eq!(processes_of("racy"), vec![pid(&settled)]);
 
-    // Start of a running workspace changes nothing.
-    let (code, _) = daemon.post("/api/workspaces/racy/start").await;
-    assert_eq!(code, 202);
+    // Start of a running workspace changes nothing, and says so.
+    let response = daemon.http.post(format!("{}/api/workspaces/racy/start", daemon.url)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-mcpvisor-noop"], "already running");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let same = daemon.status("racy").await;
     assert_eq!(same["pid"], settled["pid"]);

@@ -67,14 +67,16 @@ pub async fn one(
 
 /// `POST /api/workspaces/{name}/start|stop|restart`: queues the command and
 /// answers 202 with the status as it is now; the change follows as
-/// notifications.
+/// notifications. A start of a running workspace, or a stop of a stopped
+/// one, answers 200 with `X-Mcpvisor-Noop: already running|stopped`.
 pub async fn command(
     State(state): State<Arc<AppState>>,
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    let (noop, told) = tokio::sync::oneshot::channel();
     let command = match action.as_str() {
-        "start" => Command::Start,
-        "stop" => Command::Stop,
+        "start" => Command::Start { noop: Some(noop) },
+        "stop" => Command::Stop { noop: Some(noop) },
         "restart" => Command::Restart,
         _ => {
             return Err(ApiError::new(
@@ -89,9 +91,21 @@ pub async fn command(
         SendError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", e.to_string()),
         SendError::Gone => ApiError::new(StatusCode::CONFLICT, "gone", e.to_string()),
     })?;
+    // The actor, which sees commands in order, says whether there was
+    // nothing to do. Its answer needs no child, but it may be busy stopping
+    // one: then the command is simply accepted.
+    let already = matches!(tokio::time::timeout(NOOP_WAIT, told).await, Ok(Ok(true)));
     let record = state.ctx.bus.view().get(&name).ok_or_else(|| ApiError::unknown_workspace(&name))?;
-    Ok((StatusCode::ACCEPTED, Json(render(&state, &record, SystemTime::now()))).into_response())
+    let status = Json(render(&state, &record, SystemTime::now()));
+    if already {
+        let said = if action == "start" { "already running" } else { "already stopped" };
+        return Ok((StatusCode::OK, [("x-mcpvisor-noop", said)], status).into_response());
+    }
+    Ok((StatusCode::ACCEPTED, status).into_response())
 }
+
+/// How long a start or stop waits to learn that there was nothing to do.
+const NOOP_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Debug, Deserialize)]
 pub struct LogsQuery {

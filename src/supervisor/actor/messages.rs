@@ -10,10 +10,12 @@ use crate::config::{FileError, WorkspaceConfig};
 /// order, so a stop never races a restart of the same workspace.
 #[derive(Debug)]
 pub enum Command {
-    /// Start the child if it is not running; closes the breaker.
-    Start,
-    /// Stop the child and cancel any pending restart.
-    Stop,
+    /// Start the child if it is not running; closes the breaker. `noop`
+    /// learns whether it was already running (or starting).
+    Start { noop: Option<oneshot::Sender<bool>> },
+    /// Stop the child and cancel any pending restart. `noop` learns whether
+    /// it was already stopped.
+    Stop { noop: Option<oneshot::Sender<bool>> },
     /// Stop the child if it runs, then start it; closes the breaker.
     Restart,
     /// A new valid config from the workspace file.

@@ -224,8 +224,18 @@ impl Actor {
 
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::Command(Command::Start) => self.on_start().await,
-            Event::Command(Command::Stop) => {
+            Event::Command(Command::Start { noop }) => {
+                let already = self.child.is_some();
+                if let Some(noop) = noop {
+                    let _ = noop.send(already);
+                }
+                self.on_start().await
+            }
+            Event::Command(Command::Stop { noop }) => {
+                let already = self.child.is_none() && self.status == Status::Stopped;
+                if let Some(noop) = noop {
+                    let _ = noop.send(already);
+                }
                 self.desired_running = false;
                 self.stop_child("stop").await;
             }
