@@ -88,3 +88,30 @@ async fn missing_command_is_a_clear_error_and_others_run() {
     assert_eq!(errors["workspaces"]["broken"]["errors"][0]["reason"], "spawn: not found");
     daemon.stop().await;
 }
+
+/// A `stdio` child keeps a stdin pipe open and stays up; until it is bridged
+/// to HTTP, the proxy says so clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_child_stays_up_and_the_proxy_says_it_is_not_bridged() {
+    let stdio =
+        json!({"command": "${MCPVISOR}", "args": ["demo-server", "--transport", "stdio"], "transport": "stdio"});
+    let daemon = Daemon::start(&[("pipe", stdio)]).await;
+    let running = daemon.wait_status("pipe", "running", UP).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let later = daemon.status("pipe").await;
+    assert_eq!(later["pid"], running["pid"], "no restart loop: {later}");
+    assert_eq!(later["restartCount"], 0);
+    assert!(alive(running["pid"].as_u64().unwrap()));
+    let response = daemon
+        .http
+        .post(format!("{}/workspaces/pipe/mcp", daemon.url))
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("not bridged"), "{body}");
+    daemon.stop().await;
+}

@@ -125,6 +125,9 @@ impl Launcher for LocalLauncher {
             let job = spec.clone();
             let mut child = self.spawner.run(move || spawn_process(&job)).await?;
             let pid = child.id().expect("a just-spawned child has a pid");
+            // Held, not written: until stdio children are bridged to HTTP,
+            // this keeps a stdio server from seeing EOF and exiting.
+            let stdin = child.stdin.take();
             let mut pumps = Vec::with_capacity(2);
             if let Some(out) = child.stdout.take() {
                 pumps.push(tokio::spawn(logs.clone().pump(out, Stream::Stdout)));
@@ -132,7 +135,7 @@ impl Launcher for LocalLauncher {
             if let Some(err) = child.stderr.take() {
                 pumps.push(tokio::spawn(logs.clone().pump(err, Stream::Stderr)));
             }
-            Ok(Box::new(LocalChild { child, pid, workspace: spec.workspace.clone(), exit: None, pumps })
+            Ok(Box::new(LocalChild { child, pid, workspace: spec.workspace.clone(), exit: None, pumps, _stdin: stdin })
                 as Box<dyn Child>)
         })
     }
@@ -147,7 +150,7 @@ fn spawn_process(spec: &LaunchSpec) -> Result<tokio::process::Child, SpawnError>
             .env_clear()
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&spec.cwd)
-            .stdin(Stdio::null())
+            .stdin(if spec.stdin_pipe { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -197,6 +200,8 @@ struct LocalChild {
     exit: Option<ExitInfo>,
     /// The stdout and stderr copiers; they end at EOF.
     pumps: Vec<tokio::task::JoinHandle<()>>,
+    /// The open end of a `stdio` child's stdin.
+    _stdin: Option<tokio::process::ChildStdin>,
 }
 
 /// How long an exit waits for the child's last output lines. A grandchild

@@ -40,6 +40,9 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub limits: Limits,
+    /// Give the child a stdin pipe that stays open (a `stdio` MCP server
+    /// ends when its stdin closes); otherwise stdin is `/dev/null`.
+    pub stdin_pipe: bool,
 }
 
 /// Builds the launch of `config` on `port`; creates the private data dir (0700).
@@ -96,7 +99,16 @@ pub fn build_spec(
     let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let program = resolve_program(&command, &cwd, path_var)?;
     let args = config.args.iter().map(|a| expand(a)).collect::<Result<_, _>>()?;
-    Ok(LaunchSpec { workspace: workspace.to_string(), program, args, env, cwd, limits: config.limits.clone() })
+    let stdin_pipe = config.transport == crate::config::Transport::Stdio;
+    Ok(LaunchSpec {
+        workspace: workspace.to_string(),
+        program,
+        args,
+        env,
+        cwd,
+        limits: config.limits.clone(),
+        stdin_pipe,
+    })
 }
 
 fn set_env(env: &mut Vec<(String, String)>, name: &str, value: String) {
