@@ -6,8 +6,10 @@
 //! The daemon runs as a separate process (the release binary), so its RSS
 //! is its own; load goes to 127.0.0.1 only and every part stops by itself.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,41 +17,31 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn mcpvisor_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("mcpvisor");
-    assert!(bin.exists(), "{} missing: run `cargo build --release` first", bin.display());
-    bin
-}
+use support::{demo, free_port, free_range, http_client, mcpvisor_exe, serve_command, wait_all, workspace_root, Proc};
 
+/// The release binary as a subprocess, so its RSS and CPU are its own; it
+/// is stopped (SIGTERM) when dropped, before its folder goes.
 struct Daemon {
-    child: Child,
+    child: Proc,
     addr: String,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
 }
 
 impl Daemon {
-    async fn start(workspaces: &[(String, Value)], range: (u16, u16)) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let ws = dir.path().join("workspaces");
-        std::fs::create_dir_all(&ws).unwrap();
-        for (name, body) in workspaces {
-            std::fs::write(ws.join(format!("{name}.json")), body.to_string()).unwrap();
-        }
-        let addr = format!("127.0.0.1:{}", portpicker::pick_unused_port().unwrap());
-        let child = Command::new(mcpvisor_binary())
-            .args(["serve", "--listen", &addr, "--port-range", &format!("{}-{}", range.0, range.1), "--workspaces"])
-            .arg(&ws)
-            .arg("--state")
-            .arg(dir.path().join("state"))
-            .env("MCPVISOR_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let daemon = Daemon { child, addr, _dir: dir, http };
-        while daemon.get("/readyz").await.map_or(true, |(code, _)| code != 200) {
+    async fn start(workspaces: Vec<(String, Value)>, n_ports: u16) -> Daemon {
+        let dir = workspace_root(workspaces);
+        let port = free_port();
+        let mut serve = serve_command(
+            &mcpvisor_exe(),
+            &dir.path().join("workspaces"),
+            &dir.path().join("state"),
+            port,
+            free_range(n_ports),
+        );
+        let child = Proc::spawn(serve.env("MCPVISOR_LOG", "warn"));
+        let daemon = Daemon { child, addr: format!("127.0.0.1:{port}"), _dir: dir, http: http_client() };
+        while daemon.get("/readyz").await.is_none_or(|(code, _)| code != 200) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         daemon
@@ -61,20 +53,20 @@ impl Daemon {
     }
 
     async fn wait_all(&self, status: &str, n: usize) {
-        loop {
-            if let Some((_, body)) = self.get("/api/workspaces").await {
-                let done = body["workspaces"].as_array().map_or(0, |a| a.iter().filter(|w| w["status"] == status).count());
-                if done >= n {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_all(&self.http, &format!("http://{}", self.addr), status, n, Duration::from_secs(600)).await;
     }
 
     fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap();
         kb * 1024
     }
 
@@ -86,20 +78,9 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
-}
-
-fn demo() -> Value {
-    json!({"command": "${MCPVISOR}", "args": ["demo-server", "--port", "${PORT}"]})
-}
-
-fn range(n: u16) -> (u16, u16) {
-    let base = 43000;
-    (base, base + n + 50)
+/// Ports for `n` workspaces and some to spare, as the daemon's port range.
+fn n_ports(n_workspaces: u16) -> u16 {
+    n_workspaces + 51
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -111,7 +92,7 @@ fn ms(d: Duration) -> String {
 }
 
 async fn subscribers(n: usize, rounds: usize) {
-    let daemon = Daemon::start(&[("w".into(), demo())], range(4)).await;
+    let daemon = Daemon::start(vec![("w".into(), demo())], n_ports(4)).await;
     daemon.wait_all("running", 1).await;
     let rss_before = daemon.rss_bytes();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
@@ -123,7 +104,8 @@ async fn subscribers(n: usize, rounds: usize) {
         tokio::spawn(async move {
             let mut permit = Some(gate.acquire_owned().await.unwrap());
             let mut stream = TcpStream::connect(addr.as_str()).await.unwrap();
-            let request = format!("GET /api/workspaces/w/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+            let request =
+                format!("GET /api/workspaces/w/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut buf = vec![0u8; 4096];
             let mut seen_snapshot = false;
@@ -141,7 +123,8 @@ async fn subscribers(n: usize, rounds: usize) {
                     let _ = ready_tx.send(());
                     continue;
                 }
-                let marker: &[u8] = if round % 2 == 0 { b"\"status\":\"stopping\"" } else { b"\"status\":\"starting\"" };
+                let marker: &[u8] =
+                    if round % 2 == 0 { b"\"status\":\"stopping\"" } else { b"\"status\":\"starting\"" };
                 if seen_snapshot && has(marker) {
                     let _ = tx.send((round, Instant::now()));
                     round += 1;
@@ -181,7 +164,10 @@ async fn subscribers(n: usize, rounds: usize) {
     println!("| POST to last subscriber, median of rounds | {} |", ms(percentile(&lasts, 0.5)));
     println!("| POST to last subscriber, worst round | {} |", ms(*lasts.last().unwrap()));
     println!("| daemon RSS before / after connecting | {} / {} MiB |", rss_before >> 20, rss_after >> 20);
-    println!("| daemon RSS per subscriber | {:.1} KiB |", (rss_after.saturating_sub(rss_before)) as f64 / n as f64 / 1024.0);
+    println!(
+        "| daemon RSS per subscriber | {:.1} KiB |",
+        (rss_after.saturating_sub(rss_before)) as f64 / n as f64 / 1024.0
+    );
 }
 
 async fn api(n_workspaces: u16, seconds: u64, concurrency: usize) {
@@ -189,7 +175,7 @@ async fn api(n_workspaces: u16, seconds: u64, concurrency: usize) {
     // all an API read needs, and 1,000 of them fit in memory.
     let cheap = json!({"command": "/bin/sleep", "args": ["100000"], "health": {"startupTimeout": "1h"}, "stop": {"grace": "1s"}});
     let names: Vec<(String, Value)> = (0..n_workspaces).map(|i| (format!("w{i:04}"), cheap.clone())).collect();
-    let daemon = Daemon::start(&names, range(n_workspaces)).await;
+    let daemon = Daemon::start(names, n_ports(n_workspaces)).await;
     daemon.wait_all("starting", n_workspaces as usize).await;
     let url = format!("http://{}/api/workspaces", daemon.addr);
     let body = daemon.http.get(&url).send().await.unwrap().bytes().await.unwrap();
@@ -214,7 +200,7 @@ async fn api(n_workspaces: u16, seconds: u64, concurrency: usize) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (http, url) = (reqwest::Client::builder().no_proxy().build().unwrap(), url.clone());
+        let (http, url) = (http_client(), url.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
@@ -240,8 +226,14 @@ async fn api(n_workspaces: u16, seconds: u64, concurrency: usize) {
     println!("| latency p50 / p99 | {} / {} |", ms(percentile(&all, 0.5)), ms(percentile(&all, 0.99)));
     println!("| restarts issued meanwhile | {restarts} |");
     if which("wrk") {
-        let out = Command::new("wrk").args(["-t2", &format!("-c{concurrency}"), &format!("-d{seconds}s"), "--latency", &url]).output().unwrap();
-        println!("\nwrk -t2 -c{concurrency} -d{seconds}s --latency {url}\n```\n{}```", String::from_utf8_lossy(&out.stdout));
+        let out = Command::new("wrk")
+            .args(["-t2", &format!("-c{concurrency}"), &format!("-d{seconds}s"), "--latency", &url])
+            .output()
+            .unwrap();
+        println!(
+            "\nwrk -t2 -c{concurrency} -d{seconds}s --latency {url}\n```\n{}```",
+            String::from_utf8_lossy(&out.stdout)
+        );
     } else {
         println!("(wrk not installed: `apt-get install wrk` for the same run under wrk)");
     }
@@ -254,7 +246,11 @@ async fn api(n_workspaces: u16, seconds: u64, concurrency: usize) {
         single.push(t0.elapsed());
     }
     single.sort();
-    println!("| GET /api/workspaces/{{name}} sequential p50 / p99 | {} / {} |", ms(percentile(&single, 0.5)), ms(percentile(&single, 0.99)));
+    println!(
+        "| GET /api/workspaces/{{name}} sequential p50 / p99 | {} / {} |",
+        ms(percentile(&single, 0.5)),
+        ms(percentile(&single, 0.99))
+    );
 }
 
 fn which(name: &str) -> bool {
@@ -263,7 +259,7 @@ fn which(name: &str) -> bool {
 
 async fn idle(n: u16) {
     let names: Vec<(String, Value)> = (0..n).map(|i| (format!("d{i:03}"), demo())).collect();
-    let daemon = Daemon::start(&names, range(n)).await;
+    let daemon = Daemon::start(names, n_ports(n)).await;
     daemon.wait_all("running", n as usize).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as f64;

@@ -1,0 +1,135 @@
+//! Isolation figures for BENCHMARKS.md: how long after a `kill -9` of the
+//! daemon its last child (and an escaped setsid grandchild) is gone, and what
+//! the isolation steps add to a spawn.
+//!
+//! Run: `cargo build --release && cargo run --release --example isolation_bench`
+
+mod support;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mcpvisor::config::{parse, Transport};
+use mcpvisor::process::spawner::Spawner;
+use mcpvisor::process::{build_spec, LaunchContext, Launcher, LocalLauncher, LogSink};
+use mcpvisor::supervisor::probe::await_ready;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", support::ms(d))
+}
+
+/// Live processes whose environment carries `MCPVISOR_WORKSPACE=<prefix>...`.
+fn tagged(prefix: &str) -> Vec<i32> {
+    let needle = format!("MCPVISOR_WORKSPACE={prefix}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| mcpvisor::process::tree::proc_info(*pid).is_some_and(|p| !p.zombie))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v.starts_with(needle.as_bytes())))
+        })
+        .collect()
+}
+
+/// One daemon with 5 plain demo workspaces and 5 whose child leaves a setsid
+/// grandchild; returns the time from `kill -9` of the daemon until none of
+/// their processes is left.
+async fn kill_daemon_once(round: usize) -> (Duration, usize) {
+    let prefix = format!("iso{round}x");
+    let escape = serde_json::json!({"command": "/bin/sh", "args": ["-c",
+        "setsid sh -c 'while :; do sleep 0.2; done' & exec \"$0\" demo-server --port \"$PORT\"", "${MCPVISOR}"]});
+    let files = (0..5).flat_map(|i| [(format!("{prefix}p{i}"), support::demo()), (format!("{prefix}e{i}"), escape.clone())]);
+    let root = support::workspace_root(files);
+    let listen = support::free_port();
+    let daemon = support::Proc::serve(&support::mcpvisor_exe(), root.path(), listen, support::free_range(20));
+    // Every workspace running, and one sample (2 s) has recorded the trees.
+    let url = format!("http://127.0.0.1:{listen}");
+    support::wait_all(&support::http_client(), &url, "running", 10, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before = tagged(&prefix).len();
+    let killed = Instant::now();
+    kill(Pid::from_raw(daemon.id() as i32), Signal::SIGKILL).unwrap();
+    drop(daemon);
+    while !tagged(&prefix).is_empty() {
+        assert!(killed.elapsed() < Duration::from_secs(10), "children survived the daemon");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (killed.elapsed(), before)
+}
+
+/// Spawn to first answered `initialize` of a demo-server: through mcpvisor's
+/// launcher (process group, PDEATHSIG, scrubbed env, spawner thread), or as
+/// a plain `Command`.
+async fn spawn_to_ready(isolated: bool, launcher: &LocalLauncher, ctx: &LaunchContext, http: &reqwest::Client) -> Duration {
+    let port = support::free_port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let started = Instant::now();
+    let ready = |started: Instant| async move {
+        await_ready(http, &url, Transport::StreamableHttp, Duration::from_secs(2), Duration::from_secs(10)).await.unwrap();
+        started.elapsed()
+    };
+    if isolated {
+        let config = parse(br#"{"command": "${MCPVISOR}", "args": ["demo-server", "--port", "${PORT}"]}"#).unwrap();
+        let spec = build_spec("bench", &config, port, ctx).unwrap();
+        let logs = LogSink::open(&ctx.logs_dir(), "bench");
+        let mut child = launcher.spawn(&spec, &logs).await.unwrap();
+        let took = ready(started).await;
+        child.stop(Signal::SIGTERM, Duration::from_secs(2)).await;
+        took
+    } else {
+        let mut child = tokio::process::Command::new(support::mcpvisor_exe())
+            .args(["demo-server", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let took = ready(started).await;
+        let _ = child.kill().await;
+        took
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut kills = Vec::new();
+    let mut counts = Vec::new();
+    for round in 0..5 {
+        let (took, n) = kill_daemon_once(round).await;
+        kills.push(took);
+        counts.push(n);
+    }
+    println!("## kill -9 of mcpvisor (10 workspaces, 5 with a setsid grandchild), 5 runs");
+    println!("| figure | value |\n|---|---|");
+    println!("| processes of the workspaces before the kill | {counts:?} |");
+    println!("| kill -9 to the last of them gone, median | {} |", ms(median(kills.clone())));
+    println!("| kill -9 to the last of them gone, max | {} |", ms(*kills.iter().max().unwrap()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = LaunchContext {
+        workspaces_dir: dir.path().to_path_buf(),
+        state_dir: dir.path().join("state"),
+        mcpvisor_exe: support::mcpvisor_exe(),
+    };
+    let launcher = Arc::new(LocalLauncher::new(Spawner::start(tokio::runtime::Handle::current())));
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let (mut plain, mut isolated) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        plain.push(spawn_to_ready(false, &launcher, &ctx, &http).await);
+        isolated.push(spawn_to_ready(true, &launcher, &ctx, &http).await);
+    }
+    let (plain, isolated) = (median(plain), median(isolated));
+    println!("\n## Spawn to first answered MCP initialize, demo-server, median of 20 (interleaved)");
+    println!("| spawn path | median |\n|---|---|");
+    println!("| plain `Command` (no group, no PDEATHSIG, inherited env) | {} |", ms(plain));
+    println!("| mcpvisor launcher (process group, PDEATHSIG + getppid check, scrubbed env, spawner thread, output capture) | {} |", ms(isolated));
+    println!("| added by the isolation steps | {} |", ms(isolated.saturating_sub(plain)));
+}
