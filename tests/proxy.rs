@@ -165,7 +165,11 @@ async fn a_killed_child_answers_its_pending_call_within_100ms() {
         tokio::time::timeout(Duration::from_secs(5), pending).await.expect("answered").unwrap();
     let took = answered.saturating_duration_since(killed);
     assert!(took < Duration::from_millis(100), "answered {took:?} after the kill");
-    assert_eq!(status, 200, "the SSE answer had already started");
+    // Killed after the child's SSE answer started: 200 and an error event in
+    // the stream. Killed just before: an immediate JSON-RPC error, 503 once
+    // the actor has published the exit, else 502 "broke off". Every form
+    // answers the call in time, with code -32000.
+    assert!(matches!(status, 200 | 502 | 503), "status {status}");
     let error = messages.iter().find(|m| m["id"] == 7).expect("an answer for id 7");
     assert_eq!(error["error"]["code"], -32000, "{error}");
     assert!(error["error"]["message"].as_str().unwrap().starts_with("workspace \"demo\""), "{error}");
