@@ -181,3 +181,25 @@ async fn crashes_after_stable_runs_never_open_the_breaker() {
     assert!(status["breaker"]["failureCount"].as_u64().unwrap() <= 1, "failures are consecutive only: {status}");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_policies_on_failure_and_never() {
+    let clean_exit = json!({"command": "/bin/sh", "args": ["-c", "exit 0"], "restart": {"policy": "on-failure"}});
+    let failing_once = json!({"command": "/bin/sh", "args": ["-c", "exit 7"], "restart": {"policy": "never"}});
+    let failing = json!({"command": "/bin/sh", "args": ["-c", "exit 7"], "restart": {"policy": "on-failure", "backoffInitial": "50ms"}});
+    let daemon = Daemon::start(&[("clean", clean_exit), ("never", failing_once), ("retry", failing)]).await;
+    // on-failure: a clean exit ends in `stopped`, with nothing scheduled.
+    let clean = daemon.wait_status("clean", "stopped", UP).await;
+    // never: a failure ends in `error`, with nothing scheduled.
+    let never = daemon.wait_for("never", UP, |s| s["status"] == "error" && s["lastError"]["exitCode"] == 7).await;
+    // on-failure: a failing exit is restarted.
+    daemon.wait_for("retry", UP, |s| s["restartCount"].as_u64().is_some_and(|n| n >= 2)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for (name, before) in [("clean", &clean), ("never", &never)] {
+        let after = daemon.status(name).await;
+        assert_eq!(after["restartCount"], 0, "{name}: {after}");
+        assert_eq!(after["status"], before["status"]);
+        assert!(after["breaker"]["nextRetryAt"].is_null(), "{name}: nothing scheduled: {after}");
+    }
+    daemon.stop().await;
+}
