@@ -253,11 +253,22 @@ impl LocalChild {
     }
 
     /// Polls `/proc` until the tree has no live member or `deadline` passes.
+    ///
+    /// A scan of `/proc` is not atomic: a process whose parent exits during
+    /// the scan can be missed once. So the tree counts as gone only after two
+    /// empty scans in a row.
     async fn tree_gone_by(&self, deadline: Instant) -> bool {
+        let mut empty_scans = 0;
         loop {
             if self.with_table(|table, pgid, workspace| table.tree(pgid, workspace).is_empty()).await {
-                return true;
+                empty_scans += 1;
+                if empty_scans == 2 {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
             }
+            empty_scans = 0;
             if Instant::now() >= deadline {
                 return false;
             }

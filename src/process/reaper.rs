@@ -87,12 +87,25 @@ pub async fn run_reaper(cancel: CancellationToken) {
     }
 }
 
-/// SIGKILLs every orphan adopted from the trees of `workspaces`; for the end
-/// of a shutdown, after every actor has stopped its child.
+/// SIGKILLs every orphan adopted from the trees of `workspaces`, with its
+/// descendants, for the end of a shutdown after every actor has stopped its
+/// child. It repeats until none is left (at most 2 s): killing an adopted
+/// shell orphans the child it was waiting for, which is adopted in turn.
 pub fn kill_adopted(workspaces: &[String]) {
-    let table = ProcTable::scan();
-    for pid in workspaces.iter().flat_map(|w| table.adopted_of(w)) {
-        let _ = nix::sys::signal::kill(Pid::from_raw(*pid), nix::sys::signal::Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut empty_scans = 0;
+    loop {
+        let table = ProcTable::scan();
+        let left: Vec<i32> = workspaces.iter().flat_map(|w| table.adopted_tree(w)).collect();
+        empty_scans = if left.is_empty() { empty_scans + 1 } else { 0 };
+        // Two empty scans in a row: one scan of /proc is not atomic.
+        if empty_scans == 2 || std::time::Instant::now() >= deadline {
+            return;
+        }
+        for pid in left {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

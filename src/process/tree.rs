@@ -74,9 +74,16 @@ impl ProcTable {
         table
     }
 
-    /// Orphans adopted from `workspace`'s tree.
-    pub fn adopted_of(&self, workspace: &str) -> &[i32] {
-        self.adopted.get(workspace).map_or(&[], Vec::as_slice)
+    /// Orphans adopted from `workspace`'s tree, with their descendants.
+    pub fn adopted_tree(&self, workspace: &str) -> Vec<i32> {
+        let mut stack: Vec<i32> = self.adopted.get(workspace).cloned().unwrap_or_default();
+        let mut seen = HashSet::new();
+        while let Some(pid) = stack.pop() {
+            if seen.insert(pid) {
+                stack.extend(self.children.get(&pid).into_iter().flatten());
+            }
+        }
+        seen.into_iter().collect()
     }
 
     /// Adopted orphans, grouped by workspace.
