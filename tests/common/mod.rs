@@ -203,14 +203,7 @@ pub async fn rmcp_call(url: &str, tool: &str, args: Value) -> String {
 
 /// Runs `tests/py/mcp_client.py` (the Python `mcp` SDK client); returns its JSON line.
 pub async fn python_call(url: &str, transport: &str, tool: &str, args: Value) -> Value {
-    let output = tokio::process::Command::new(python())
-        .arg(repo().join("tests/py/mcp_client.py"))
-        .args(["--url", url, "--transport", transport, "--tool", tool, "--args", &args.to_string()])
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "python client failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).expect("python client prints JSON")
+    python_client(&["--url", url, "--transport", transport, "--tool", tool, "--args", &args.to_string()]).await
 }
 
 /// Reads SSE events from `url` until `count` arrived or `within` passed.
