@@ -14,7 +14,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::tree::proc_info;
+use super::tree::{proc_info, ProcTable};
 use crate::fsutil::write_atomic;
 
 /// A process named by pid and start time.
@@ -119,26 +119,36 @@ pub fn sweep(state_dir: &Path, within: Duration) -> usize {
         tracing::warn!("state/runtime.json is unreadable; nothing swept");
         return 0;
     };
-    // A group with a recorded member still alive cannot have been reused:
-    // kill it whole, which also takes members forked after the last sample.
-    for (workspace, entry) in &body.workspaces {
-        if entry.processes().any(|p| p.alive()) {
-            tracing::warn!(workspace = %workspace, pgid = entry.pgid, "killing the process group of a previous run");
-            let _ = nix::sys::signal::killpg(Pid::from_raw(entry.pgid), Signal::SIGKILL);
-        }
-    }
-    let leftovers: Vec<(String, ProcessId)> = body
+    // Freeze what is recorded and alive, so nothing forks while the tree is
+    // read; then kill the recorded processes with their descendants (a
+    // shell's in-flight child was never recorded) and the members of their
+    // groups. A group with a recorded member alive cannot have been reused.
+    let alive: Vec<(String, i32, ProcessId)> = body
         .workspaces
         .iter()
-        .flat_map(|(name, entry)| entry.processes().map(move |p| (name.clone(), p)))
-        .filter(|(_, p)| p.alive())
+        .flat_map(|(name, entry)| entry.processes().map(move |p| (name.clone(), entry.pgid, p)))
+        .filter(|(_, _, p)| p.alive())
         .collect();
-    for (workspace, process) in &leftovers {
-        tracing::warn!(workspace = %workspace, pid = process.pid, "killing a leftover of a previous run");
+    for (_, _, process) in &alive {
+        let _ = kill(Pid::from_raw(process.pid), Signal::SIGSTOP);
+    }
+    let table = ProcTable::scan();
+    let roots: Vec<i32> = alive.iter().map(|(_, _, p)| p.pid).collect();
+    let mut targets = table.descendants(&roots);
+    for (_, pgid, _) in &alive {
+        targets.extend(table.group(*pgid));
+    }
+    targets.sort_unstable();
+    targets.dedup();
+    let leftovers: Vec<ProcessId> = targets.iter().filter_map(|pid| ProcessId::of(*pid)).collect();
+    for (workspace, pgid, process) in &alive {
+        tracing::warn!(workspace = %workspace, pid = process.pid, pgid, "killing a leftover of a previous run");
+    }
+    for process in &leftovers {
         let _ = kill(Pid::from_raw(process.pid), Signal::SIGKILL);
     }
     let deadline = std::time::Instant::now() + within;
-    while leftovers.iter().any(|(_, p)| p.alive()) && std::time::Instant::now() < deadline {
+    while leftovers.iter().any(ProcessId::alive) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     leftovers.len()

@@ -74,6 +74,23 @@ impl ProcTable {
         table
     }
 
+    /// `roots` and every live descendant of them.
+    pub fn descendants(&self, roots: &[i32]) -> Vec<i32> {
+        let mut stack: Vec<i32> = roots.iter().copied().filter(|p| self.procs.contains_key(p)).collect();
+        let mut seen = HashSet::new();
+        while let Some(pid) = stack.pop() {
+            if seen.insert(pid) {
+                stack.extend(self.children.get(&pid).into_iter().flatten());
+            }
+        }
+        seen.into_iter().collect()
+    }
+
+    /// Live members of process group `pgid`.
+    pub fn group(&self, pgid: i32) -> &[i32] {
+        self.groups.get(&pgid).map_or(&[], Vec::as_slice)
+    }
+
     /// Orphans adopted from `workspace`'s tree, with their descendants.
     pub fn adopted_tree(&self, workspace: &str) -> Vec<i32> {
         let mut stack: Vec<i32> = self.adopted.get(workspace).cloned().unwrap_or_default();
