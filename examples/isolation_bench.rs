@@ -83,7 +83,8 @@ async fn spawn_to_ready(isolated: bool, launcher: &LocalLauncher, ctx: &LaunchCo
         let logs = LogSink::open(&ctx.logs_dir(), "bench");
         let mut child = launcher.spawn(&spec, &logs).await.unwrap();
         let took = ready(started).await;
-        child.stop(Signal::SIGTERM, Duration::from_secs(2)).await;
+        child.kill();
+        child.wait_gone().await;
         took
     } else {
         let mut child = tokio::process::Command::new(support::mcpvisor_exe())

@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 use thiserror::Error;
-use tokio::time::Instant;
 
 use super::group::signal_group;
 use super::logs::{LogSink, Stream};
@@ -76,16 +75,28 @@ impl fmt::Display for ExitInfo {
     }
 }
 
-/// A running child as the supervisor sees it.
+/// A running child as the supervisor sees it: a main process and the tree
+/// it grows (its process group, their descendants, adopted orphans).
+///
+/// Nothing here waits for a grace period: the supervisor sends signals and
+/// keeps its own timers, so it stays responsive while a child stops.
 pub trait Child: Send + 'static {
     fn pid(&self) -> u32;
     fn pgid(&self) -> i32;
     /// Resolves when the main process has exited. Cancel-safe; after the
     /// first resolution it returns the same exit at once.
     fn wait(&mut self) -> BoxFuture<'_, ExitInfo>;
-    /// Sends `signal` to the whole process group, then SIGKILL after `grace`;
-    /// resolves once no live process of the group is left.
-    fn stop(&mut self, signal: Signal, grace: Duration) -> BoxFuture<'_, ExitInfo>;
+    /// Sends `signal` to every live member of the tree, now.
+    fn signal(&mut self, signal: Signal);
+    /// SIGKILLs every member of the tree, now; [`Child::wait_gone`] then
+    /// keeps killing members that appear until none is left.
+    fn kill(&mut self);
+    /// Resolves once the main process has exited and no member of the tree
+    /// is left alive. Cancel-safe.
+    fn wait_gone(&mut self) -> BoxFuture<'_, ()>;
+    /// Resident memory of the whole tree in bytes; `None` when unknown.
+    /// Reads a few files; call it off the hot path.
+    fn memory_bytes(&self) -> Option<u64>;
 }
 
 /// Starts children somewhere: local processes today.
@@ -135,7 +146,15 @@ impl Launcher for LocalLauncher {
             if let Some(err) = child.stderr.take() {
                 pumps.push(tokio::spawn(logs.clone().pump(err, Stream::Stderr)));
             }
-            Ok(Box::new(LocalChild { child, pid, workspace: spec.workspace.clone(), exit: None, pumps, _stdin: stdin })
+            Ok(Box::new(LocalChild {
+                child,
+                pid,
+                workspace: spec.workspace.clone(),
+                exit: None,
+                killed: false,
+                pumps,
+                _stdin: stdin,
+            })
                 as Box<dyn Child>)
         })
     }
@@ -198,6 +217,8 @@ struct LocalChild {
     pid: u32,
     workspace: String,
     exit: Option<ExitInfo>,
+    /// Whether [`Child::kill`] was called: members still found are killed too.
+    killed: bool,
     /// The stdout and stderr copiers; they end at EOF.
     pumps: Vec<tokio::task::JoinHandle<()>>,
     /// The open end of a `stdio` child's stdin.
@@ -231,46 +252,49 @@ impl LocalChild {
         exit
     }
 
-    /// Scans `/proc` off the async workers, then runs `then` on the table.
-    async fn with_table<T: Send + 'static>(&self, then: impl FnOnce(&ProcTable, i32, &str) -> T + Send + 'static) -> T {
+    /// Sends `signal` to the process group and to every tree member outside it.
+    fn signal_tree(&self, signal: Signal) {
+        let pgid = self.pgid();
+        signal_group(pgid, signal);
+        let table = ProcTable::scan();
+        for pid in table.tree(pgid, &self.workspace) {
+            if table.procs.get(&pid).is_some_and(|p| p.pgrp != pgid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            }
+        }
+    }
+
+    /// Whether the tree has no live member, by one scan of `/proc` off the
+    /// async workers.
+    async fn tree_empty(&self) -> bool {
         let (pgid, workspace) = (self.pgid(), self.workspace.clone());
-        tokio::task::spawn_blocking(move || then(&ProcTable::scan(), pgid, &workspace))
+        tokio::task::spawn_blocking(move || ProcTable::scan().tree(pgid, &workspace).is_empty())
             .await
             .expect("a /proc scan does not panic")
     }
 
-    /// Sends `signal` to the process group and to every tree member outside it.
-    async fn signal_tree(&self, signal: Signal) {
-        signal_group(self.pgid(), signal);
-        self.with_table(move |table, pgid, workspace| {
-            for pid in table.tree(pgid, workspace) {
-                if table.procs.get(&pid).is_some_and(|p| p.pgrp != pgid) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-                }
-            }
-        })
-        .await;
-    }
-
-    /// Polls `/proc` until the tree has no live member or `deadline` passes.
+    /// Polls `/proc` until the tree has no live member, killing what is
+    /// left after [`Child::kill`].
     ///
     /// A scan of `/proc` is not atomic: a process whose parent exits during
     /// the scan can be missed once. So the tree counts as gone only after two
     /// empty scans in a row.
-    async fn tree_gone_by(&self, deadline: Instant) -> bool {
+    async fn gone(&mut self) {
+        self.wait_exit().await;
         let mut empty_scans = 0;
         loop {
-            if self.with_table(|table, pgid, workspace| table.tree(pgid, workspace).is_empty()).await {
+            if self.tree_empty().await {
                 empty_scans += 1;
                 if empty_scans == 2 {
-                    return true;
+                    return;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
             empty_scans = 0;
-            if Instant::now() >= deadline {
-                return false;
+            if self.killed {
+                // Members may fork while being killed.
+                self.signal_tree(Signal::SIGKILL);
             }
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
@@ -290,29 +314,28 @@ impl Child for LocalChild {
         Box::pin(self.wait_exit())
     }
 
-    fn stop(&mut self, signal: Signal, grace: Duration) -> BoxFuture<'_, ExitInfo> {
-        Box::pin(async move {
-            let pgid = self.pgid();
-            self.signal_tree(signal).await;
-            let deadline = Instant::now() + grace;
-            let leader = tokio::time::timeout_at(deadline, self.wait_exit()).await;
-            if leader.is_err() || !self.tree_gone_by(deadline).await {
-                if !grace.is_zero() {
-                    tracing::info!(pgid, "process tree outlived the grace period; sending SIGKILL");
-                }
-                self.signal_tree(Signal::SIGKILL).await;
-            }
-            let exit = self.wait_exit().await;
-            // Members may fork while being killed: keep killing until none is left.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !self.tree_gone_by(Instant::now() + Duration::from_millis(100)).await {
-                if Instant::now() >= deadline {
-                    tracing::warn!(pgid, "process tree still has members 5 s after SIGKILL");
-                    break;
-                }
-                self.signal_tree(Signal::SIGKILL).await;
-            }
-            exit
-        })
+    fn signal(&mut self, signal: Signal) {
+        self.signal_tree(signal);
+    }
+
+    fn kill(&mut self) {
+        self.killed = true;
+        self.signal_tree(Signal::SIGKILL);
+    }
+
+    fn wait_gone(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.gone())
+    }
+
+    fn memory_bytes(&self) -> Option<u64> {
+        let table = ProcTable::scan();
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+        let pages: u64 = table
+            .tree(self.pgid(), &self.workspace)
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/statm")).ok())
+            .filter_map(|statm| statm.split(' ').nth(1)?.parse::<u64>().ok())
+            .sum();
+        Some(pages * page)
     }
 }

@@ -588,7 +588,7 @@ impl Actor {
         };
         self.set_status(Status::Stopping, reason);
         let signal = self.config.stop.signal.parse().unwrap_or(Signal::SIGTERM);
-        let exit = child.stop(signal, self.config.stop.grace).await;
+        let exit = stop_tree(child.as_mut(), signal, self.config.stop.grace).await;
         self.ctx.runtime.remove(&self.name);
         tracing::info!("child stopped: {exit}");
         self.health = Health::Unknown;
@@ -600,7 +600,7 @@ impl Actor {
     async fn kill_child(&mut self) {
         self.clear_timers();
         if let Some(mut child) = self.child.take() {
-            child.stop(Signal::SIGKILL, Duration::ZERO).await;
+            stop_tree(child.as_mut(), Signal::SIGKILL, Duration::ZERO).await;
             self.ctx.runtime.remove(&self.name);
         }
     }
@@ -687,4 +687,14 @@ fn upstream(port: u16, config: &WorkspaceConfig) -> String {
 
 fn spawn_message(name: &str, e: &SpawnError) -> String {
     format!("spawning workspace {name:?}: {e}")
+}
+
+/// Transitional: the graceful stop the state-machine actor replaces with a timer.
+async fn stop_tree(child: &mut dyn Child, signal: Signal, grace: Duration) -> ExitInfo {
+    child.signal(signal);
+    if tokio::time::timeout(grace, child.wait_gone()).await.is_err() {
+        child.kill();
+    }
+    child.wait_gone().await;
+    child.wait().await
 }
