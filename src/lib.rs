@@ -159,7 +159,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             state_dir: state_dir.clone(),
             mcpvisor_exe: config.mcpvisor_exe.clone(),
         },
-        http: reqwest::Client::builder().no_proxy().build().expect("http client builds"),
+        prober: Arc::new(supervisor::probe::McpProber::new()),
         runtime: process::runtime::RuntimeFile::new(&state_dir),
         metrics: metrics::Metrics::new(),
     });

@@ -60,14 +60,11 @@ async fn stream_shows_snapshot_then_starting_and_running_with_increasing_ids() {
 async fn all_events_filters_and_sees_new_workspaces() {
     let daemon = Daemon::start(&[("one", demo())]).await;
     daemon.wait_status("one", "running", UP).await;
-    let url = format!("{}/api/events?workspace=two", daemon.url);
-    let reader = tokio::spawn({
-        let http = daemon.http.clone();
-        async move { read_events(&http, &url, None, 2, Duration::from_secs(20)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No workspace `two` yet: an empty snapshot. The stream is open once
+    // its headers arrived.
+    let mut events = daemon.events("/api/events?workspace=two", 0).await;
     daemon.write("two", &demo());
-    let events = reader.await.unwrap();
+    let events = events.take(2, Duration::from_secs(20)).await;
     assert!(events.iter().all(|(_, e)| e["params"]["workspace"] == "two"), "{events:?}");
     let statuses: Vec<&str> = events.iter().map(|(_, e)| e["params"]["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["starting", "running"]);

@@ -18,21 +18,16 @@ fn pid(status: &Value) -> u64 {
 async fn kill_9_of_a_child_restarts_it_on_the_same_port() {
     let daemon = Daemon::start(&[("crashy", demo())]).await;
     let before = daemon.wait_status("crashy", "running", UP).await;
-    let events_url = format!("{}/api/workspaces/crashy/events", daemon.url);
-    let reader = tokio::spawn({
-        let http = daemon.http.clone();
-        async move { read_events(&http, &events_url, None, 4, Duration::from_secs(15)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut events = daemon.events("/api/workspaces/crashy/events", 1).await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid(&before) as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let after = daemon.wait_for("crashy", UP, |s| s["status"] == "running" && s["pid"] != before["pid"]).await;
     assert_eq!(after["port"], before["port"]);
     assert_eq!(after["restartCount"], 1);
     assert_eq!(after["lastError"]["signal"], "SIGKILL");
-    let events = reader.await.unwrap();
+    let events = events.take(3, UP).await;
     let statuses: Vec<&str> = events.iter().map(|(_, e)| e["params"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["running", "error", "starting", "running"], "{events:?}");
-    assert_eq!(events[1].1["params"]["reason"], "exited");
+    assert_eq!(statuses, ["error", "starting", "running"], "{events:?}");
+    assert_eq!(events[0].1["params"]["reason"], "exited");
     daemon.stop().await;
 }
 
@@ -145,19 +140,22 @@ async fn twenty_concurrent_restarts_leave_exactly_one_child() {
     for (code, _) in futures::future::join_all(posts).await {
         assert_eq!(code, 202);
     }
-    let settled =
-        daemon.wait_for("racy", Duration::from_secs(60), |s| s["status"] == "running" && s["restartCount"] == 20).await;
-    assert_ne!(settled["pid"], before["pid"]);
+    // Restarts that arrive while a child stops collapse into the one start
+    // that follows the stop; each one is still handled, in order.
+    let settled = daemon.wait_for("racy", UP, |s| s["status"] == "running" && s["pid"] != before["pid"]).await;
+    let restarts = settled["restartCount"].as_u64().unwrap();
+    assert!((1..=20).contains(&restarts), "{settled}");
     assert_eq!(processes_of("racy"), vec![pid(&settled)]);
 
-    // Start of a running workspace changes nothing, and says so.
+    // Start of a running workspace changes nothing, and says so. Commands
+    // run in order, so it is answered after every restart was handled.
+    let settled = daemon.wait_for("racy", UP, |s| s["status"] == "running").await;
     let response = daemon.http.post(format!("{}/api/workspaces/racy/start", daemon.url)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-mcpvisor-noop"], "already running");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let same = daemon.status("racy").await;
     assert_eq!(same["pid"], settled["pid"]);
-    assert_eq!(same["restartCount"], 20);
+    assert_eq!(processes_of("racy"), vec![pid(&same)]);
     daemon.stop().await;
 }
 

@@ -58,9 +58,8 @@ async fn child_sees_exactly_the_allowed_environment() {
     let mut ws = demo();
     ws["env"] = json!({"EXTRA": "${WORKSPACE}"});
     ws["envPassthrough"] = json!(["PATH", "HOME"]);
-    // SAFETY: set before the daemon starts; read by the spawn path only.
-    unsafe { std::env::set_var("MCPVISOR_TEST_SECRET", "must-not-leak") };
-    let daemon = Daemon::start(&[("envy", ws)]).await;
+    // The daemon runs as its own process, with a variable that must not leak.
+    let daemon = Daemon::spawn_process(&[("envy", ws)], &[("MCPVISOR_TEST_SECRET", "must-not-leak")]).await;
     let status = daemon.wait_status("envy", "running", UP).await;
     let names = rmcp_call(status["upstream"].as_str().unwrap(), "env", json!({})).await;
     let mut names: Vec<&str> = names.lines().collect();

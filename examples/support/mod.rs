@@ -31,19 +31,13 @@ pub fn release_binary() -> PathBuf {
 /// The release `mcpvisor` binary; panics when it has not been built.
 pub fn mcpvisor_exe() -> PathBuf {
     let bin = release_binary();
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release` first",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} is missing: run `cargo build --release` first", bin.display());
     bin
 }
 
 /// The command line that rebuilds and reruns the example `bench`.
 pub fn reproduce(bench: &str) -> String {
-    format!(
-        "cargo build --release && cargo run --release --example {bench}"
-    )
+    format!("cargo build --release && cargo run --release --example {bench}")
 }
 
 /// The 1/5/15-minute load averages: the machine is shared, so say how busy it was.

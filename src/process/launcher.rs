@@ -154,8 +154,7 @@ impl Launcher for LocalLauncher {
                 killed: false,
                 pumps,
                 _stdin: stdin,
-            })
-                as Box<dyn Child>)
+            }) as Box<dyn Child>)
         })
     }
 }

@@ -24,8 +24,8 @@ pub struct SupervisorContext {
     pub ports: PortAllocator,
     pub bus: Arc<EventBus>,
     pub launch: LaunchContext,
-    /// Client for probes; pooled, no proxy.
-    pub http: reqwest::Client,
+    /// Probes children for readiness and liveness.
+    pub prober: Arc<dyn probe::Prober>,
     /// `state/runtime.json`, for the sweep after a crash.
     pub runtime: crate::process::runtime::RuntimeFile,
     pub metrics: Arc<crate::metrics::Metrics>,

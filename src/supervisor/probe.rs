@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde_json::Value;
 use thiserror::Error;
@@ -92,6 +93,71 @@ pub async fn await_ready(
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Where and how to probe one child.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    /// The child's MCP endpoint, `http://127.0.0.1:<port><path>`.
+    pub url: String,
+    pub transport: Transport,
+    /// How long one probe may take.
+    pub timeout: Duration,
+    /// How long readiness probes are retried.
+    pub startup_timeout: Duration,
+}
+
+/// Probes children; the actor's one window on whether a child answers.
+///
+/// [`McpProber`] speaks MCP; unit tests of the actor use a fake.
+pub trait Prober: Send + Sync + 'static {
+    /// Readiness: retried until the child answers or `startup_timeout`
+    /// passes. Liveness: one probe within `timeout`.
+    ///
+    /// # Errors
+    /// The last probe's error, as text for the error history.
+    fn probe(&self, target: ProbeTarget, readiness: bool) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// Probes with MCP `initialize` over the child's own transport.
+#[derive(Debug, Clone)]
+pub struct McpProber {
+    client: reqwest::Client,
+}
+
+impl McpProber {
+    pub fn new() -> McpProber {
+        McpProber { client: reqwest::Client::builder().no_proxy().build().expect("http client builds") }
+    }
+}
+
+impl Default for McpProber {
+    fn default() -> Self {
+        McpProber::new()
+    }
+}
+
+/// How long a `stdio` child must stay up to count as ready, until the
+/// stdio bridge probes it over MCP.
+const STDIO_SETTLE: Duration = Duration::from_millis(200);
+
+impl Prober for McpProber {
+    fn probe(&self, target: ProbeTarget, readiness: bool) -> BoxFuture<'static, Result<(), String>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let ProbeTarget { url, transport, timeout, startup_timeout } = target;
+            let result = match (transport, readiness) {
+                (Transport::Stdio, true) => {
+                    tokio::time::sleep(STDIO_SETTLE).await;
+                    Ok(())
+                }
+                (Transport::Stdio, false) => Ok(()),
+                (_, true) => await_ready(&client, &url, transport, timeout, startup_timeout).await,
+                (_, false) => initialize(&client, &url, transport, timeout).await,
+            };
+            result.map_err(|e| e.to_string())
+        })
     }
 }
 

@@ -41,14 +41,38 @@ pub fn port_range() -> (u16, u16) {
     (lo, lo + 31)
 }
 
-/// A daemon started in-process, with its own workspaces and state folders.
+/// Polls `probe` until it yields `Ok`, at most `within`; then panics with
+/// `what` and the last `Err` it gave. The one way tests wait for a state.
+pub async fn eventually<T, F, Fut>(what: impl std::fmt::Display, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {within:?}; last seen: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// How a test daemon runs.
+enum Run {
+    /// `mcpvisor::start` in the test's own process.
+    InProcess { shutdown: CancellationToken, done: Option<tokio::task::JoinHandle<()>> },
+    /// `mcpvisor serve` as a child process of the test.
+    Process(std::process::Child),
+}
+
+/// A daemon with its own workspaces and state folders.
 pub struct Daemon {
     pub url: String,
     pub root: PathBuf,
     _dir: Option<tempfile::TempDir>,
     pub range: (u16, u16),
-    shutdown: CancellationToken,
-    done: Option<tokio::task::JoinHandle<()>>,
+    run: Run,
     pub http: reqwest::Client,
 }
 
@@ -94,18 +118,66 @@ impl Daemon {
             root: root.to_path_buf(),
             _dir: None,
             range,
-            shutdown,
-            done: Some(running.done),
+            run: Run::InProcess { shutdown, done: Some(running.done) },
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
         }
+    }
+
+    /// Writes workspace files into a new temp folder and runs `mcpvisor
+    /// serve` on it as a child process with `env` added to its environment;
+    /// returns once it answers `/healthz`.
+    pub async fn spawn_process(files: &[(&str, Value)], env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("workspaces")).unwrap();
+        for (name, body) in files {
+            write_file(&root.join("workspaces").join(format!("{name}.json")), body);
+        }
+        let range = port_range();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let child = std::process::Command::new(MCPVISOR)
+            .args(["serve", "--listen", &listen.to_string(), "--port-range", &format!("{}-{}", range.0, range.1)])
+            .arg("--workspaces")
+            .arg(root.join("workspaces"))
+            .arg("--state")
+            .arg(root.join("state"))
+            .envs(env.iter().copied())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            url: format!("http://{listen}"),
+            root,
+            _dir: Some(dir),
+            range,
+            run: Run::Process(child),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        eventually("daemon answers /healthz", Duration::from_secs(20), || async {
+            daemon.http.get(format!("{}/healthz", daemon.url)).send().await.map(|_| ()).map_err(|e| e.to_string())
+        })
+        .await;
+        daemon
     }
 
     /// Shuts the daemon down and waits until every child is stopped. The
     /// temp folder is handed back so a test can start another daemon on it.
     pub async fn stop(mut self) -> Option<tempfile::TempDir> {
-        self.shutdown.cancel();
-        if let Some(done) = self.done.take() {
-            tokio::time::timeout(Duration::from_secs(30), done).await.expect("daemon stops within 30 s").unwrap();
+        match &mut self.run {
+            Run::InProcess { shutdown, done } => {
+                shutdown.cancel();
+                if let Some(done) = done.take() {
+                    tokio::time::timeout(Duration::from_secs(30), done)
+                        .await
+                        .expect("daemon stops within 30 s")
+                        .unwrap();
+                }
+            }
+            Run::Process(child) => {
+                let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                let _ = child.wait();
+            }
         }
         self._dir.take()
     }
@@ -135,17 +207,27 @@ impl Daemon {
     /// Polls the workspace until `pred` holds; panics with the last status
     /// after `within`.
     pub async fn wait_for(&self, name: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
+        eventually(format!("workspace {name:?}"), within, || async {
             let (code, body) = self.get(&format!("/api/workspaces/{name}")).await;
             if code == 200 && pred(&body) {
-                return body;
+                Ok(body)
+            } else {
+                Err(format!("({code}) {body:#}"))
             }
-            if Instant::now() >= deadline {
-                panic!("workspace {name:?}: condition not met within {within:?}; last status ({code}): {body:#}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        })
+        .await
+    }
+
+    /// Opens this daemon's event stream at `path` and reads its snapshot
+    /// (one event per workspace it follows, `snapshots` of them), so the
+    /// subscriber is in place before the test's stimulus.
+    pub async fn events(&self, path: &str, snapshots: usize) -> Events {
+        let mut events = Events::open(&self.http, &format!("{}{path}", self.url), None).await;
+        for _ in 0..snapshots {
+            let (_, event) = events.next(Duration::from_secs(10)).await.expect("a snapshot event");
+            assert_eq!(event["params"]["reason"], "snapshot", "{event}");
         }
+        events
     }
 
     pub async fn wait_status(&self, name: &str, status: &str, within: Duration) -> Value {
@@ -155,7 +237,53 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.shutdown.cancel();
+        match &mut self.run {
+            Run::InProcess { shutdown, .. } => shutdown.cancel(),
+            Run::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// An open SSE stream of status notifications.
+pub struct Events {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, String>> + Send>>,
+}
+
+impl Events {
+    /// Opens `url`; returns once the response headers arrived.
+    pub async fn open(http: &reqwest::Client, url: &str, last_event_id: Option<u64>) -> Events {
+        use eventsource_stream::Eventsource;
+        let mut request = http.get(url);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        Events { stream: Box::pin(response.bytes_stream().eventsource().map(|e| e.map_err(|e| e.to_string()))) }
+    }
+
+    /// The next event as (seq, notification), or `None` after `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<(u64, Value)> {
+        match tokio::time::timeout(within, self.stream.next()).await {
+            Ok(Some(Ok(event))) => Some((event.id.parse().unwrap(), serde_json::from_str(&event.data).unwrap())),
+            _ => None,
+        }
+    }
+
+    /// Up to `count` events, as many as arrive within `within`.
+    pub async fn take(&mut self, count: usize, within: Duration) -> Vec<(u64, Value)> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < count {
+            match self.next(deadline.saturating_duration_since(Instant::now())).await {
+                Some(event) => out.push(event),
+                None => break,
+            }
+        }
+        out
     }
 }
 
@@ -176,11 +304,14 @@ pub fn alive(pid: u64) -> bool {
 
 /// Waits until `pid` is gone; panics after `within`.
 pub async fn wait_gone(pid: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    while alive(pid) {
-        assert!(Instant::now() < deadline, "pid {pid} still alive after {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(format!("pid {pid} gone"), within, || async {
+        if alive(pid) {
+            Err("alive".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// Calls `tool` with `args` on the MCP server at `url` with the rmcp client
@@ -214,23 +345,7 @@ pub async fn read_events(
     count: usize,
     within: Duration,
 ) -> Vec<(u64, Value)> {
-    use eventsource_stream::Eventsource;
-    let mut request = http.get(url);
-    if let Some(id) = last_event_id {
-        request = request.header("last-event-id", id.to_string());
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut events = response.bytes_stream().eventsource();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + within;
-    while out.len() < count {
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Ok(event))) => out.push((event.id.parse().unwrap(), serde_json::from_str(&event.data).unwrap())),
-            _ => break,
-        }
-    }
-    out
+    Events::open(http, url, last_event_id).await.take(count, within).await
 }
 
 /// Live processes whose environment names this workspace.

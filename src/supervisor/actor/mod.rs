@@ -1,12 +1,16 @@
 //! One actor per workspace: the only writer of that workspace's state.
 //!
-//! The actor owns the child, its port, backoff and breaker. Everything that
-//! happens to the workspace (a command, the child's exit, a probe result, a
-//! timer) arrives as one [`task::Event`] and is handled by one `match`.
+//! The actor is split by job: [`handle`] is how others reach it (a cheap
+//! `mpsc` sender), [`messages`] what they can say, [`state`] its decisions as
+//! a pure state machine (`Core::step(input, now) -> effects`), and [`task`]
+//! the thin driver that feeds the core and performs its effects.
 
 mod handle;
 mod messages;
+pub mod state;
 mod task;
+#[cfg(test)]
+mod tests;
 
 pub use handle::{SendError, WorkspaceHandle};
 pub use messages::Command;
