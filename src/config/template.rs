@@ -31,6 +31,27 @@ impl TemplateVars {
     }
 }
 
+/// What the JSON Schema says of a string with templates.
+pub const DESCRIPTION: &str = "A string with templates: ${PORT}, ${WORKSPACE}, ${DATA_DIR}, ${WORKSPACES_DIR}, \
+    ${MCPVISOR}; \"$$\" is a literal \"$\", and a \"$\" not followed by \"{\" stays as it is.";
+
+/// The regular expression of a string [`expand`] accepts, for the JSON Schema.
+///
+/// Each piece is one step of the expander: a plain character, `$$`, a known
+/// `${NAME}`, or a `$` with the character after it that is neither `$` nor
+/// `{`; a lone `$` may end the string. ECMA-262 and Rust `regex` read it alike.
+pub fn pattern() -> String {
+    format!(r"^(?:[^$]|\$\$|\$\{{(?:{})\}}|\$[^${{])*\$?$", NAMES.join("|"))
+}
+
+/// Checks the templates of `input` without expanding them.
+///
+/// # Errors
+/// The first unknown or unterminated template.
+pub fn check(input: &str) -> Result<(), TemplateError> {
+    expand(input, None).map(drop)
+}
+
 /// A template that cannot be expanded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TemplateError {
@@ -100,6 +121,22 @@ mod tests {
         assert_eq!(expand("a$$b", Some(&vars())).unwrap(), "a$b");
         assert_eq!(expand("$HOME/x $", Some(&vars())).unwrap(), "$HOME/x $");
         assert_eq!(expand("$${PORT}", Some(&vars())).unwrap(), "${PORT}");
+    }
+
+    /// The schema's pattern takes exactly what the expander takes.
+    #[test]
+    fn pattern_agrees_with_expand() {
+        let pattern = regex::Regex::new(&pattern()).unwrap();
+        for text in
+            ["", "plain", "$", "a$", "$$", "$$$", "$x$", "${PORT}", "$${PORT}", "${PORT}}", "é$ü", "$}", "a\nb$"]
+        {
+            assert!(pattern.is_match(text), "{text:?}");
+            assert!(check(text).is_ok(), "{text:?}");
+        }
+        for text in ["${", "${}", "${NOPE}", "${PORT", "x${port}", "$$${", "${PORT}${"] {
+            assert!(!pattern.is_match(text), "{text:?}");
+            assert!(check(text).is_err(), "{text:?}");
+        }
     }
 
     #[test]
