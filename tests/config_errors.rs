@@ -29,6 +29,20 @@ fn validate_names_line_and_column_and_exits_1() {
     assert_eq!(ok.status.code(), Some(0));
 }
 
+/// A NUL byte would fail every spawn: `validate` names each one with its pointer.
+#[test]
+fn validate_rejects_nul_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = json!({"command": "sh\u{0}", "args": ["-c", "x\u{0}"], "env": {"A": "\u{0}"}, "cwd": "/\u{0}"});
+    std::fs::write(dir.path().join("nul.json"), file.to_string()).unwrap();
+    let out = Command::new(MCPVISOR).arg("validate").arg(dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for at in ["/command", "/args/1", "/env/A", "/cwd"] {
+        assert!(text.contains(&format!("nul.json: {at}: NUL byte at byte")), "{at}: {text}");
+    }
+}
+
 #[test]
 fn shipped_workspace_files_are_valid() {
     for dir in ["workspaces", "examples/workspaces"] {
@@ -89,6 +103,9 @@ fn schema_and_validator_agree() {
         json!({"command": "x", "env": {"A=B": "x"}}),
         json!({"command": "x", "envPassthrough": [""]}),
         json!({"command": "x", "$schema": 1}),
+        json!({"command": "x", "args": ["a\u{0}"]}),
+        json!({"command": "x", "env": {"A\u{0}": "x"}}),
+        json!({"command": "x\u{0}"}),
     ]);
     let script = r#"
 import json, sys, jsonschema

@@ -124,19 +124,19 @@ schema!(
     })
 );
 
-/// The name of an environment variable: not empty, no `=`.
+/// The name of an environment variable: not empty, no `=`, no NUL byte.
 pub(super) struct EnvName(String);
 
-kind!(EnvName(String), |s| match s.is_empty() || s.contains('=') {
-    true => Err(format!("{s:?} is not an environment variable name (empty or with \"=\")")),
+kind!(EnvName(String), |s| match s.is_empty() || s.contains(['=', '\0']) {
+    true => Err(format!("{s:?} is not an environment variable name (empty, or with \"=\" or a NUL byte)")),
     false => Ok(()),
 });
 schema!(
     EnvName,
     json_schema!({
         "type": "string",
-        "description": "The name of an environment variable: not empty, without \"=\".",
-        "pattern": "^[^=]+$",
+        "description": "The name of an environment variable: not empty, without \"=\" or NUL.",
+        "pattern": "^[^=\\u0000]+$",
     })
 );
 

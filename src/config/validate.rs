@@ -381,7 +381,7 @@ mod tests {
         let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.at.as_str(), e.message.as_str())).collect();
         assert_eq!(got[0], ("/command", "must not be empty"));
         assert_eq!(got[1].0, "/env/A=B");
-        assert_eq!(got[2], ("/env/OK", "unterminated template: \"${\" without \"}\""));
+        assert_eq!(got[2], ("/env/OK", "unterminated template at byte 0: \"${\" without \"}\""));
         assert_eq!(got[3].0, "/envPassthrough/1");
         assert_eq!(got[4], ("/path", "path \"mcp\" must start with \"/\""));
         assert_eq!(got[5], ("/health/interval", "duration must be greater than zero"));
@@ -392,6 +392,22 @@ mod tests {
         assert_eq!(got[9].0, "/stop/grace");
         assert_eq!(got[10].0, "/a~1b~0c", "keys are escaped as RFC 6901 says");
         assert_eq!(errors.len(), 11, "{got:?}");
+    }
+
+    #[test]
+    fn nul_bytes_are_rejected_wherever_they_would_reach_a_spawn() {
+        let errors = parse(
+            br#"{"command":"py\u0000", "args":["ok","a\u0000b"], "env":{"K\u0000":"v","V":"\u0000"}, "cwd":"/tmp\u0000",
+                "envPassthrough":["PA\u0000TH"]}"#,
+        )
+        .unwrap_err();
+        let at: Vec<&str> = errors.iter().map(|e| e.at.as_str()).collect();
+        assert_eq!(at, ["/command", "/args/1", "/env/K\u{0}", "/env/V", "/cwd", "/envPassthrough/0"]);
+        assert_eq!(
+            errors[0].message,
+            "NUL byte at byte 2: a command, argument, environment variable or path cannot hold one"
+        );
+        assert!(errors[2].message.contains("NUL"), "{}", errors[2].message);
     }
 
     #[test]
