@@ -20,6 +20,7 @@
 //! crates. The schema serves editors; `tests/config_errors.rs` checks that
 //! it agrees with this validator on the shipped files and on broken ones.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -53,16 +54,21 @@ pub struct FileError {
     pub errors: Vec<ConfigError>,
 }
 
+/// One line per error: `file: pointer: message`, or `file:line:column:
+/// message`. Control characters of the file name and the messages (which
+/// quote keys of the file) are escaped, so no line can be forged in a log.
 impl fmt::Display for FileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = escape_controls(&self.file.to_string_lossy()).into_owned();
         for (i, e) in self.errors.iter().enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
+            let message = escape_controls(&e.message);
             match e.at.as_str() {
-                "" => write!(f, "{}: {}", self.file.display(), e.message)?,
-                at if at.starts_with('/') => write!(f, "{}: {}: {}", self.file.display(), at, e.message)?,
-                at => write!(f, "{}:{}: {}", self.file.display(), at, e.message)?,
+                "" => write!(f, "{file}: {message}")?,
+                at if at.starts_with('/') => write!(f, "{file}: {}: {message}", escape_controls(at))?,
+                at => write!(f, "{file}:{at}: {message}")?,
             }
         }
         Ok(())
@@ -70,6 +76,36 @@ impl fmt::Display for FileError {
 }
 
 impl std::error::Error for FileError {}
+
+/// `text` with its control characters (newlines, escape sequences) written
+/// as Rust escapes, and everything else as it is.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
+/// A workspace file, or the workspaces folder, that could not be read.
+///
+/// It says nothing about the file's content: too many open files, a folder
+/// without permission or a file replaced while it was read all pass. The
+/// daemon retries on its next scan and keeps what it had.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {}: {source}", escape_controls(&path.to_string_lossy()))]
+pub struct ReadError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl ReadError {
+    fn new(path: &Path) -> impl FnOnce(std::io::Error) -> ReadError + '_ {
+        move |source| ReadError { path: path.to_path_buf(), source }
+    }
+}
 
 /// A workspace file as read from disk: its name and either a config or its errors.
 #[derive(Debug, Clone)]
@@ -82,6 +118,15 @@ pub struct LoadedFile {
     pub version: Option<String>,
     /// The file's modification time, when known.
     pub modified: Option<std::time::SystemTime>,
+}
+
+/// What one scan of the workspaces folder found, sorted by name.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Files read, valid or not.
+    pub files: Vec<LoadedFile>,
+    /// Files listed but not read this time.
+    pub unreadable: Vec<ReadError>,
 }
 
 /// Whether `name` matches `^[a-z0-9][a-z0-9_-]{0,62}$`.
@@ -102,45 +147,95 @@ pub fn is_workspace_file(path: &Path) -> bool {
     !name.starts_with('.') && name.ends_with(".json") && name.len() > ".json".len()
 }
 
-/// Reads every workspace file in `dir`, sorted by name.
+/// The workspace name a file stands for: its stem.
+pub fn name_of(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Reads every workspace file in `dir`.
+///
+/// A file that cannot be read lands in [`Scan::unreadable`], not among the
+/// invalid files; entries that are not regular files are skipped.
 ///
 /// # Errors
-/// Reading the directory itself failed (missing, not a directory, no permission).
-pub fn load_dir(dir: &Path) -> std::io::Result<Vec<LoadedFile>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if is_workspace_file(&path) && path.is_file() {
-            files.push(load_file(&path));
+/// Listing the folder failed (missing, not a directory, no permission, too
+/// many open files).
+pub fn scan_dir(dir: &Path) -> Result<Scan, ReadError> {
+    let mut scan = Scan::default();
+    for entry in std::fs::read_dir(dir).map_err(ReadError::new(dir))? {
+        let path = entry.map_err(ReadError::new(dir))?.path();
+        if !is_workspace_file(&path) {
+            continue;
+        }
+        match read_file(&path) {
+            Ok(Some(file)) => scan.files.push(file),
+            Ok(None) => {}
+            Err(error) => scan.unreadable.push(error),
         }
     }
+    scan.files.sort_by(|a, b| a.name.cmp(&b.name));
+    scan.unreadable.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(scan)
+}
+
+/// Reads and validates one workspace file; `None` when it is not a regular
+/// file (a folder, a socket, a FIFO).
+///
+/// # Errors
+/// The file could not be read; its content is not judged.
+pub fn read_file(path: &Path) -> Result<Option<LoadedFile>, ReadError> {
+    read_file_with(path, |path| std::fs::File::open(path))
+}
+
+/// [`read_file`], opening the file with `open` (tests inject errors here).
+fn read_file_with(
+    path: &Path,
+    open: impl FnOnce(&Path) -> std::io::Result<std::fs::File>,
+) -> Result<Option<LoadedFile>, ReadError> {
+    use std::io::Read;
+    // A FIFO would block the open: look before opening.
+    if !std::fs::metadata(path).map_err(ReadError::new(path))?.is_file() {
+        return Ok(None);
+    }
+    let file = open(path).map_err(ReadError::new(path))?;
+    let meta = file.metadata().map_err(ReadError::new(path))?;
+    let mut text = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut text).map_err(ReadError::new(path))?;
+    Ok(Some(judge(path, &text, meta.modified().ok())))
+}
+
+/// Reads and validates one workspace file; never fails: a file that cannot
+/// be read is an invalid one here (what `mcpvisor validate` reports).
+pub fn load_file(path: &Path) -> LoadedFile {
+    let whole = |message: String| LoadedFile {
+        name: name_of(path),
+        path: path.to_path_buf(),
+        config: Err(FileError { file: path.to_path_buf(), errors: vec![ConfigError { at: String::new(), message }] }),
+        version: None,
+        modified: None,
+    };
+    match read_file(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => whole("not a regular file".into()),
+        Err(error) => whole(format!("reading file: {}", error.source)),
+    }
+}
+
+/// Reads every workspace file in `dir` as [`load_file`] does, sorted by name.
+///
+/// # Errors
+/// Listing the folder failed.
+pub fn load_dir(dir: &Path) -> std::io::Result<Vec<LoadedFile>> {
+    let scan = scan_dir(dir).map_err(|error| error.source)?;
+    let mut files = scan.files;
+    files.extend(scan.unreadable.iter().map(|error| load_file(&error.path)));
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(files)
 }
 
-/// Reads and validates one workspace file; never fails, errors are in the result.
-pub fn load_file(path: &Path) -> LoadedFile {
-    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-    let fail = |errors: Vec<ConfigError>| LoadedFile {
-        name: name.clone(),
-        path: path.to_path_buf(),
-        config: Err(FileError { file: path.to_path_buf(), errors }),
-        version: None,
-        modified: None,
-    };
-    let whole = |message: String| vec![ConfigError { at: String::new(), message }];
-    let modified = match std::fs::metadata(path) {
-        Ok(meta) if meta.len() > MAX_FILE_BYTES => {
-            return fail(whole(format!("file is {} bytes, over the 1 MiB limit", meta.len())))
-        }
-        Ok(meta) => meta.modified().ok(),
-        Err(e) => return fail(whole(format!("reading file: {e}"))),
-    };
-    let fail = |errors| LoadedFile { modified, ..fail(errors) };
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(e) => return fail(whole(format!("reading file: {e}"))),
-    };
+/// Validates the bytes of the file at `path`: its name, its size, its content.
+fn judge(path: &Path, text: &[u8], modified: Option<std::time::SystemTime>) -> LoadedFile {
+    let name = name_of(path);
     let mut errors = Vec::new();
     if !is_valid_name(&name) {
         errors.push(ConfigError {
@@ -148,25 +243,23 @@ pub fn load_file(path: &Path) -> LoadedFile {
             message: format!("workspace name {name:?} (the file stem) must match ^[a-z0-9][a-z0-9_-]{{0,62}}$"),
         });
     }
-    match parse(&text) {
-        Ok(config) => {
-            if !errors.is_empty() {
-                return fail(errors);
-            }
+    let parsed = match text.len() as u64 > MAX_FILE_BYTES {
+        true => Err(vec![ConfigError { at: String::new(), message: "file is over the 1 MiB limit".into() }]),
+        false => parse(text),
+    };
+    let (config, version) = match parsed {
+        Ok(config) if errors.is_empty() => {
             let version = version_of(&config);
-            LoadedFile {
-                name,
-                path: path.to_path_buf(),
-                config: Ok(Arc::new(config)),
-                version: Some(version),
-                modified,
-            }
+            (Ok(Arc::new(config)), Some(version))
         }
-        Err(mut more) => {
-            errors.append(&mut more);
-            fail(errors)
+        Ok(_) => (Err(errors), None),
+        Err(more) => {
+            errors.extend(more);
+            (Err(errors), None)
         }
-    }
+    };
+    let config = config.map_err(|errors| FileError { file: path.to_path_buf(), errors });
+    LoadedFile { name, path: path.to_path_buf(), config, version, modified }
 }
 
 /// At most this many errors are reported for one file.
@@ -447,6 +540,40 @@ mod tests {
         let errors = parse(b"{\n  \"command\": \"x\",\n  oops\n}").unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].at, "3:3");
+    }
+
+    /// A read that fails for a reason of the moment (here an injected
+    /// EMFILE; a real one needs the whole test process short of fds) is a
+    /// read error, not an invalid file; `validate` still reports it.
+    #[test]
+    fn a_failed_read_is_not_an_invalid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev.json");
+        std::fs::write(&path, r#"{"command":"x"}"#).unwrap();
+        let emfile = |_: &Path| Err(std::io::Error::from(nix::errno::Errno::EMFILE));
+        let error = read_file_with(&path, emfile).unwrap_err();
+        assert_eq!(error.source.raw_os_error(), Some(nix::errno::Errno::EMFILE as i32));
+        assert!(read_file(&path).unwrap().unwrap().config.is_ok());
+
+        // A symlink loop fails every read for real: the scan lists it apart.
+        std::os::unix::fs::symlink("loop.json", dir.path().join("loop.json")).unwrap();
+        std::fs::create_dir(dir.path().join("folder.json")).unwrap();
+        let scan = scan_dir(dir.path()).unwrap();
+        let names: Vec<&str> = scan.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["dev"], "a folder named *.json is skipped");
+        assert_eq!(scan.unreadable.len(), 1);
+        assert_eq!(name_of(&scan.unreadable[0].path), "loop");
+        let loaded = load_dir(dir.path()).unwrap();
+        assert!(loaded.iter().any(|f| f.name == "loop" && f.config.is_err()), "validate reports it");
+    }
+
+    #[test]
+    fn file_names_and_messages_cannot_forge_log_lines() {
+        let error = FileError {
+            file: PathBuf::from("w/Bad\nINFO forged.json"),
+            errors: vec![ConfigError { at: String::new(), message: "unknown field `a\nb`, \"quoted\"".into() }],
+        };
+        assert_eq!(error.to_string(), "w/Bad\\nINFO forged.json: unknown field `a\\nb`, \"quoted\"");
     }
 
     #[test]
