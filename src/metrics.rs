@@ -66,6 +66,8 @@ pub struct Metrics {
     pub probe_seconds: HistogramFamily<WorkspaceLabel>,
     pub reconciles: Counter,
     pub reconcile_seconds: Histogram,
+    pub invalid_file_warnings: Counter,
+    pub workspace_read_errors: Counter,
     pub subscribers: Family<WorkspaceLabel, Gauge>,
     pub events_published: Counter,
     pub events_resynced: Counter,
@@ -90,6 +92,8 @@ impl Metrics {
             probe_seconds: histograms(),
             reconciles: Counter::default(),
             reconcile_seconds: seconds_histogram(),
+            invalid_file_warnings: Counter::default(),
+            workspace_read_errors: Counter::default(),
             subscribers: Family::default(),
             events_published: Counter::default(),
             events_resynced: Counter::default(),
@@ -117,6 +121,16 @@ impl Metrics {
         registry.register("probe_duration_seconds", "Duration of liveness probes", metrics.probe_seconds.clone());
         registry.register("reconciles", "Reconciles of the workspaces folder", metrics.reconciles.clone());
         registry.register("reconcile_duration_seconds", "Duration of a reconcile", metrics.reconcile_seconds.clone());
+        registry.register(
+            "invalid_file_warnings",
+            "Warnings about .json files whose name is not a workspace name, one per change of such a file",
+            metrics.invalid_file_warnings.clone(),
+        );
+        registry.register(
+            "workspace_read_errors",
+            "Failed reads of the workspaces folder or a workspace file, each retried on the next scan",
+            metrics.workspace_read_errors.clone(),
+        );
         registry.register(
             "sse_subscribers",
             "Open SSE status streams by followed workspace (`*` for all)",

@@ -63,7 +63,7 @@ async fn fifty_writes_in_a_second_cause_one_restart_with_the_last_content() {
     let last = mcpvisor::config::load_file(&daemon.workspaces().join("burst.json")).version.unwrap();
     let after = daemon.wait_for("burst", UP, |s| s["status"] == "running" && s["configVersion"] == last.as_str()).await;
     // Give any straggling reconcile the chance to restart again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_scans(&daemon, 3).await;
     let settled = daemon.status("burst").await;
     assert_eq!(settled["restartCount"], 1, "one restart for the whole burst");
     assert_eq!(settled["pid"], after["pid"]);
@@ -78,11 +78,7 @@ async fn file_moved_out_stops_and_frees_its_port_and_moved_back_starts() {
     let pid = running["pid"].as_u64().unwrap();
     let outside = daemon.root.join("mover.json");
     std::fs::rename(daemon.workspaces().join("mover.json"), &outside).unwrap();
-    let deadline = tokio::time::Instant::now() + UP;
-    while daemon.get("/api/workspaces/mover").await.0 != 404 {
-        assert!(tokio::time::Instant::now() < deadline, "workspace not removed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_code(&daemon, "/api/workspaces/mover", 404).await;
     wait_gone(pid, Duration::from_secs(5)).await;
     let deadline = tokio::time::Instant::now() + UP;
     loop {
@@ -121,23 +117,137 @@ async fn invalid_edit_keeps_the_old_child_and_a_fix_clears_the_error() {
     daemon.stop().await;
 }
 
+/// A deleted workspaces folder stops nothing: the children keep running and
+/// the daemon says it is not ready, and why, until the folder is back; then
+/// the folder is reloaded (what changed applies) and watched again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_and_recreating_the_folder_converges_to_the_new_files() {
-    let daemon = Daemon::start(&[("old", demo())]).await;
-    daemon.wait_status("old", "running", UP).await;
+async fn deleting_the_folder_keeps_children_running_and_readyz_503_until_it_returns() {
+    let daemon = Daemon::start(&[("old", demo()), ("kept", demo())]).await;
+    let old = daemon.wait_status("old", "running", UP).await;
+    let kept = daemon.wait_status("kept", "running", UP).await;
+    assert_eq!(daemon.get("/readyz").await.0, 200);
+
+    let failed_reads = metric(&daemon, READ_ERRORS).await;
     std::fs::remove_dir_all(daemon.workspaces()).unwrap();
-    let deadline = tokio::time::Instant::now() + UP;
-    while daemon.get("/api/workspaces/old").await.0 != 404 {
-        assert!(tokio::time::Instant::now() < deadline, "old workspace not removed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let not_ready = wait_code(&daemon, "/readyz", 503).await;
+    assert_eq!(not_ready["status"], "not ready", "{not_ready}");
+    assert!(not_ready["watchError"].as_str().unwrap().contains("is missing"), "{not_ready}");
+    // Several scans of the missing folder later, nothing was stopped.
+    wait_metric(&daemon, READ_ERRORS, failed_reads + 3.0).await;
+    for before in [&old, &kept] {
+        let now = daemon.status(before["workspace"].as_str().unwrap()).await;
+        assert_eq!((&now["status"], &now["pid"]), (&json!("running"), &before["pid"]), "{now}");
+        assert!(now["configError"].is_null(), "{now}");
     }
-    std::fs::create_dir_all(daemon.workspaces()).unwrap();
-    daemon.write("new", &demo());
+
+    // The folder comes back (whole, by a rename) without `old` and with `new`.
+    let staging = daemon.root.join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    write_file(&staging.join("kept.json"), &demo());
+    write_file(&staging.join("new.json"), &demo());
+    std::fs::rename(&staging, daemon.workspaces()).unwrap();
+    let ready = wait_code(&daemon, "/readyz", 200).await;
+    assert!(ready["watchError"].is_null(), "{ready}");
     daemon.wait_status("new", "running", UP).await;
+    wait_code(&daemon, "/api/workspaces/old", 404).await;
+    assert_eq!(daemon.status("kept").await["pid"], kept["pid"], "an unchanged file restarts nothing");
     // The recreated folder is watched: a further edit is picked up.
     daemon.write("newer", &demo());
     daemon.wait_status("newer", "running", UP).await;
     daemon.stop().await;
+}
+
+/// A `.json` file whose name is not a workspace name is warned about once
+/// per change of the file, however many scans see it. (The daemon's own
+/// reads used to trigger a scan every ~50 ms, each warning again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_name_is_warned_about_once_per_change() {
+    let daemon = Daemon::start(&[("dev", demo())]).await;
+    daemon.wait_status("dev", "running", UP).await;
+    let bad = daemon.workspaces().join("Bad.json");
+    write_file(&bad, &json!({"command": "x"}));
+    wait_metric(&daemon, WARNINGS, 1.0).await;
+    wait_scans(&daemon, 5).await;
+    assert_eq!(metric(&daemon, WARNINGS).await, 1.0, "one warning however many scans");
+    let (_, errors) = daemon.get("/api/debug/state/errors").await;
+    assert!(errors["invalidFiles"][0]["file"].as_str().unwrap().ends_with("Bad.json"), "{errors}");
+
+    write_file(&bad, &json!({"command": "y"}));
+    wait_metric(&daemon, WARNINGS, 2.0).await;
+    wait_scans(&daemon, 5).await;
+    assert_eq!(metric(&daemon, WARNINGS).await, 2.0, "one more warning for the change");
+    daemon.stop().await;
+}
+
+/// A workspace file that fails to read (here a symlink loop: ELOOP on every
+/// open, as real as EMFILE and reproducible) keeps its workspace as it was:
+/// no configError, no restart. Once it reads again, it applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_cannot_be_read_keeps_its_workspace_running() {
+    let daemon = Daemon::start(&[("steady", demo())]).await;
+    let before = daemon.wait_status("steady", "running", UP).await;
+    let failed_reads = metric(&daemon, READ_ERRORS).await;
+    // Swapped in atomically: a symlink to itself, under the file's name.
+    let link = daemon.workspaces().join("steady.link");
+    std::os::unix::fs::symlink("steady.json", &link).unwrap();
+    std::fs::rename(&link, daemon.workspaces().join("steady.json")).unwrap();
+    wait_metric(&daemon, READ_ERRORS, failed_reads + 3.0).await;
+    let during = daemon.status("steady").await;
+    assert_eq!((&during["status"], &during["pid"]), (&json!("running"), &before["pid"]), "{during}");
+    assert!(during["configError"].is_null(), "a read error is not an invalid file: {during}");
+    assert_eq!(during["restartCount"], 0);
+
+    daemon.write("steady", &with(demo(), "description", json!("readable again")));
+    let after = daemon.wait_for("steady", UP, |s| s["configVersion"] != before["configVersion"]).await;
+    assert_eq!(after["pid"], before["pid"]);
+    daemon.stop().await;
+}
+
+const WARNINGS: &str = "mcpvisor_invalid_file_warnings_total";
+const READ_ERRORS: &str = "mcpvisor_workspace_read_errors_total";
+const RECONCILES: &str = "mcpvisor_reconciles_total";
+
+/// The value of a counter on `/metrics`, 0 when absent.
+async fn metric(daemon: &Daemon, name: &str) -> f64 {
+    let text = daemon.http.get(format!("{}/metrics", daemon.url)).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
+}
+
+/// Polls `probe` every 20 ms until it gives `Ok`; panics with its last `Err`
+/// after [`UP`].
+async fn eventually<T>(mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = tokio::time::Instant::now() + UP;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) if tokio::time::Instant::now() >= deadline => panic!("not within {UP:?}: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Waits until the counter `name` reaches `at_least`.
+async fn wait_metric(daemon: &Daemon, name: &str, at_least: f64) -> f64 {
+    eventually(async || match metric(daemon, name).await {
+        value if value >= at_least => Ok(value),
+        value => Err(format!("{name} is {value}, below {at_least}")),
+    })
+    .await
+}
+
+/// Waits until the daemon has reconciled the folder `n` more times.
+async fn wait_scans(daemon: &Daemon, n: u32) {
+    let now = metric(daemon, RECONCILES).await;
+    wait_metric(daemon, RECONCILES, now + f64::from(n)).await;
+}
+
+/// Waits until `GET path` answers `code`; returns its body.
+async fn wait_code(daemon: &Daemon, path: &str, code: u16) -> Value {
+    eventually(async || match daemon.get(path).await {
+        (now, body) if now == code => Ok(body),
+        (now, body) => Err(format!("{path} answers {now}: {body}")),
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +256,7 @@ async fn swap_and_backup_files_are_ignored() {
     daemon.wait_status("dev", "running", UP).await;
     std::fs::write(daemon.workspaces().join(".dev.json.swp"), "not json").unwrap();
     std::fs::write(daemon.workspaces().join("dev.json~"), "not json").unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    wait_scans(&daemon, 3).await;
     let (_, list) = daemon.get("/api/workspaces").await;
     assert_eq!(list["workspaces"].as_array().unwrap().len(), 1, "{list}");
     let dev = daemon.status("dev").await;

@@ -1,7 +1,9 @@
-//! `${NAME}` templates in workspace files (DESIGN §3).
+//! `${NAME}` templates in workspace files (docs/reference.md §3).
 //!
 //! `$$` is a literal `$`; a `$` not followed by `{` stays as it is; an
-//! unknown `${X}` or an unterminated `${` is an error.
+//! unknown `${X}`, an unterminated `${` and a NUL byte are errors (the strings
+//! with templates are the command, its arguments, environment values and the
+//! working directory, none of which can hold a NUL).
 
 use thiserror::Error;
 
@@ -31,13 +33,43 @@ impl TemplateVars {
     }
 }
 
-/// A template that cannot be expanded.
+/// What the JSON Schema says of a string with templates.
+pub const DESCRIPTION: &str = "A string with templates: ${PORT}, ${WORKSPACE}, ${DATA_DIR}, ${WORKSPACES_DIR}, \
+    ${MCPVISOR}; \"$$\" is a literal \"$\", and a \"$\" not followed by \"{\" stays as it is.";
+
+/// The regular expression of a string [`expand`] accepts, for the JSON Schema.
+///
+/// Each piece is one step of the expander: a plain character (not NUL), `$$`,
+/// a known `${NAME}`, or a `$` with the character after it that is neither
+/// `$` nor `{`; a lone `$` may end the string. ECMA-262 and Rust `regex` read
+/// it alike.
+pub fn pattern() -> String {
+    format!(r"^(?:[^$\u0000]|\$\$|\$\{{(?:{})\}}|\$[^${{\u0000])*\$?$", NAMES.join("|"))
+}
+
+/// Checks the templates of `input` without expanding them.
+///
+/// # Errors
+/// As [`expand`].
+pub fn check(input: &str) -> Result<(), TemplateError> {
+    expand(input, None).map(drop)
+}
+
+/// Why a string with templates cannot be expanded; `at` is a byte offset
+/// into the string.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TemplateError {
-    #[error("unknown template ${{{0}}} (known: PORT, WORKSPACE, DATA_DIR, WORKSPACES_DIR, MCPVISOR)")]
-    Unknown(String),
-    #[error("unterminated template: \"${{\" without \"}}\"")]
-    Unterminated,
+    #[error(
+        "unknown template ${{{}}} at byte {at} (known: PORT, WORKSPACE, DATA_DIR, WORKSPACES_DIR, MCPVISOR)",
+        name.escape_debug()
+    )]
+    Unknown { name: String, at: usize },
+    #[error("unterminated template at byte {at}: \"${{\" without \"}}\"")]
+    Unterminated { at: usize },
+    /// No program, argument, environment variable or path can hold a NUL
+    /// byte: every spawn would fail.
+    #[error("NUL byte at byte {at}: a command, argument, environment variable or path cannot hold one")]
+    Nul { at: usize },
 }
 
 /// Expands every template in `input`.
@@ -46,21 +78,25 @@ pub enum TemplateError {
 /// does before a port is known.
 ///
 /// # Errors
-/// The first unknown or unterminated template.
+/// A NUL byte anywhere, else the first unknown or unterminated template.
 pub fn expand(input: &str, vars: Option<&TemplateVars>) -> Result<String, TemplateError> {
+    if let Some(at) = input.find('\0') {
+        return Err(TemplateError::Nul { at });
+    }
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 1..];
+    while let Some(found) = rest.find('$') {
+        let at = input.len() - rest.len() + found;
+        out.push_str(&rest[..found]);
+        let after = &rest[found + 1..];
         if let Some(tail) = after.strip_prefix('$') {
             out.push('$');
             rest = tail;
         } else if let Some(tail) = after.strip_prefix('{') {
-            let end = tail.find('}').ok_or(TemplateError::Unterminated)?;
+            let end = tail.find('}').ok_or(TemplateError::Unterminated { at })?;
             let name = &tail[..end];
             if !NAMES.contains(&name) {
-                return Err(TemplateError::Unknown(name.to_string()));
+                return Err(TemplateError::Unknown { name: name.to_string(), at });
             }
             if let Some(value) = vars.and_then(|v| v.get(name)) {
                 out.push_str(&value);
@@ -102,9 +138,28 @@ mod tests {
         assert_eq!(expand("$${PORT}", Some(&vars())).unwrap(), "${PORT}");
     }
 
+    /// The schema's pattern takes exactly what the expander takes.
+    #[test]
+    fn pattern_agrees_with_expand() {
+        let pattern = regex::Regex::new(&pattern()).unwrap();
+        for text in
+            ["", "plain", "$", "a$", "$$", "$$$", "$x$", "${PORT}", "$${PORT}", "${PORT}}", "é$ü", "$}", "a\nb$"]
+        {
+            assert!(pattern.is_match(text), "{text:?}");
+            assert!(check(text).is_ok(), "{text:?}");
+        }
+        for text in ["${", "${}", "${NOPE}", "${PORT", "x${port}", "$$${", "${PORT}${", "a\0b", "$\0"] {
+            assert!(!pattern.is_match(text), "{text:?}");
+            assert!(check(text).is_err(), "{text:?}");
+        }
+    }
+
     #[test]
     fn errors() {
-        assert_eq!(expand("${NOPE}", None), Err(TemplateError::Unknown("NOPE".into())));
-        assert_eq!(expand("${PORT", None), Err(TemplateError::Unterminated));
+        assert_eq!(expand("a ${NOPE}", None), Err(TemplateError::Unknown { name: "NOPE".into(), at: 2 }));
+        assert_eq!(expand("${PORT} ${PORT", None), Err(TemplateError::Unterminated { at: 8 }));
+        assert_eq!(expand("--x=\0", Some(&vars())), Err(TemplateError::Nul { at: 4 }));
+        let newline = expand("${A\nB}", None).unwrap_err().to_string();
+        assert!(newline.starts_with("unknown template ${A\\nB} at byte 0"), "{newline}");
     }
 }

@@ -1,45 +1,77 @@
-//! Typed workspace configuration with the defaults of DESIGN §3.
+//! The typed workspace file, with the defaults of docs/reference.md §3.
+//!
+//! These types are the one description of a workspace file: serde reads
+//! files into them (with the rules of each field's kind, see `kinds`), and
+//! `schemars` derives `schema/workspace.schema.json` from them, doc comments
+//! becoming descriptions.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// One workspace file, after validation.
+use super::kinds::{self, checked, EndpointPath, EnvName, NonEmptyTemplate, Positive, Template};
+
+/// One mcpvisor workspace: the MCP server child to run and how to supervise it.
 ///
-/// Keys are camelCase and unknown keys are rejected (DESIGN §3). Only `command`
-/// is required; every other field has the documented default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The workspace name is the file stem. Keys are camelCase and unknown keys
+/// are rejected. Only `command` is required; every other key has a default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "mcpvisor workspace file")]
 pub struct WorkspaceConfig {
+    /// What the workspace is for; shown to people only.
     #[serde(default)]
     pub description: Option<String>,
+    /// Whether the child runs; `false` keeps the workspace (and its port) but
+    /// stops the child.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// The program to run. A relative path with a `/` resolves against `cwd`;
+    /// a bare name is looked up in the child's `PATH`.
+    #[serde(deserialize_with = "checked::<_, NonEmptyTemplate>")]
+    #[schemars(with = "NonEmptyTemplate")]
     pub command: String,
-    #[serde(default)]
+    /// Arguments of the program.
+    #[serde(default, deserialize_with = "checked::<_, Vec<Template>>")]
+    #[schemars(with = "Vec<Template>")]
     pub args: Vec<String>,
-    #[serde(default)]
+    /// Environment variables set for the child, after every other one.
+    #[serde(default, deserialize_with = "checked::<_, BTreeMap<EnvName, Template>>")]
+    #[schemars(with = "BTreeMap<EnvName, Template>")]
     pub env: BTreeMap<String, String>,
-    #[serde(default = "default_passthrough")]
+    /// Names of variables copied from mcpvisor's own environment into the
+    /// child's.
+    #[serde(default = "default_passthrough", deserialize_with = "checked::<_, Vec<EnvName>>")]
+    #[schemars(with = "Vec<EnvName>")]
     pub env_passthrough: Vec<String>,
-    /// Working directory; relative paths resolve against the workspaces folder.
-    /// `None` means the workspace's private data dir.
-    #[serde(default)]
+    /// Working directory of the child; a relative path resolves against the
+    /// workspaces folder. Unset: the workspace's private data directory.
+    #[serde(default, deserialize_with = "checked::<_, Option<NonEmptyTemplate>>")]
+    #[schemars(with = "Option<NonEmptyTemplate>")]
     pub cwd: Option<String>,
+    /// How the child speaks MCP.
     #[serde(default)]
     pub transport: Transport,
-    /// Endpoint path on the child; `None` means `/mcp`, or `/sse` for `sse`.
-    #[serde(default)]
+    /// Endpoint path on the child. Unset: `/mcp`, or `/sse` for the `sse`
+    /// transport.
+    #[serde(default, deserialize_with = "checked::<_, Option<EndpointPath>>")]
+    #[schemars(with = "Option<EndpointPath>")]
     pub path: Option<String>,
+    /// Readiness and liveness probes.
     #[serde(default)]
     pub health: HealthConfig,
+    /// When and how fast a child that ended is started again.
     #[serde(default)]
     pub restart: RestartConfig,
+    /// Stops restarting after repeated failures, for a while.
     #[serde(default)]
     pub circuit_breaker: BreakerConfig,
+    /// How the child is stopped.
     #[serde(default)]
     pub stop: StopConfig,
+    /// Resource limits of the child; unset is unlimited.
     #[serde(default)]
     pub limits: Limits,
 }
@@ -73,15 +105,15 @@ impl WorkspaceConfig {
 }
 
 /// How the child speaks MCP.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
-    /// MCP Streamable HTTP (spec 2025-03-26 and later).
+    /// MCP Streamable HTTP (spec 2025-03-26 and later) on `${PORT}`.
     #[default]
     StreamableHttp,
-    /// The HTTP+SSE transport of spec 2024-11-05.
+    /// The HTTP+SSE transport of spec 2024-11-05 on `${PORT}`.
     Sse,
-    /// Newline-delimited JSON-RPC on stdin/stdout.
+    /// Newline-delimited JSON-RPC on the child's stdin and stdout.
     Stdio,
 }
 
@@ -95,16 +127,26 @@ impl Transport {
     }
 }
 
-/// Readiness and liveness probing of the child (DESIGN §3 `health`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Readiness and liveness probing of the child (MCP `initialize`, then `ping`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct HealthConfig {
-    #[serde(with = "humantime_serde")]
+    /// Time between two liveness probes of a running child.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub interval: Duration,
-    #[serde(with = "humantime_serde")]
+    /// How long one probe may take before it counts as failed.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub timeout: Duration,
-    #[serde(with = "humantime_serde")]
+    /// How long a new child may take to answer its first probe.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub startup_timeout: Duration,
+    /// Consecutive failed probes after which a running child is unhealthy and
+    /// killed.
+    #[serde(deserialize_with = "checked::<_, Positive<u32>>")]
+    #[schemars(with = "Positive<u32>")]
     pub failure_threshold: u32,
 }
 
@@ -120,25 +162,37 @@ impl Default for HealthConfig {
 }
 
 /// When a child that ended is started again.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
+    /// After every exit.
     #[default]
     Always,
+    /// After an exit with a non-zero code or a signal.
     OnFailure,
+    /// Never: an ended child stays stopped.
     Never,
 }
 
-/// Restart policy and backoff (DESIGN §3 `restart`, §5).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Restart policy and backoff between restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct RestartConfig {
+    /// Which exits lead to a restart.
     pub policy: RestartPolicy,
-    #[serde(with = "humantime_serde")]
+    /// Wait before the second of consecutive restarts; it doubles with each
+    /// further failure.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub backoff_initial: Duration,
-    #[serde(with = "humantime_serde")]
+    /// The longest wait between restarts.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub backoff_max: Duration,
-    #[serde(with = "humantime_serde")]
+    /// A child up this long counts as stable: backoff resets and the circuit
+    /// breaker closes.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub stable_after: Duration,
 }
 
@@ -153,14 +207,22 @@ impl Default for RestartConfig {
     }
 }
 
-/// Circuit breaker over consecutive failures (DESIGN §3 `circuitBreaker`, §5).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Circuit breaker over consecutive failures (exits, failed starts, unhealthy kills).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    #[serde(deserialize_with = "checked::<_, Positive<u32>>")]
+    #[schemars(with = "Positive<u32>")]
     pub failure_threshold: u32,
-    #[serde(with = "humantime_serde")]
+    /// How long the breaker stays open before one trial start; doubles with
+    /// each re-open.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub open_for: Duration,
-    #[serde(with = "humantime_serde")]
+    /// The longest the breaker stays open.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub open_max: Duration,
 }
 
@@ -171,28 +233,71 @@ impl Default for BreakerConfig {
 }
 
 /// How the child is stopped: `signal` to its process group, SIGKILL after `grace`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct StopConfig {
-    pub signal: String,
-    #[serde(with = "humantime_serde")]
+    /// The signal that asks the child to stop.
+    pub signal: StopSignal,
+    /// How long the child may take to exit before it is killed with SIGKILL.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
     pub grace: Duration,
 }
 
 impl Default for StopConfig {
     fn default() -> Self {
-        StopConfig { signal: "SIGTERM".into(), grace: Duration::from_secs(5) }
+        StopConfig { signal: StopSignal::default(), grace: Duration::from_secs(5) }
     }
 }
 
-/// Resource limits; `None` is unlimited.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A signal that asks a child to stop, by its name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum StopSignal {
+    #[default]
+    #[serde(rename = "SIGTERM")]
+    Term,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGQUIT")]
+    Quit,
+    #[serde(rename = "SIGKILL")]
+    Kill,
+    #[serde(rename = "SIGUSR1")]
+    Usr1,
+    #[serde(rename = "SIGUSR2")]
+    Usr2,
+}
+
+impl StopSignal {
+    /// The signal to send.
+    pub fn as_nix(self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal;
+        match self {
+            StopSignal::Term => Signal::SIGTERM,
+            StopSignal::Int => Signal::SIGINT,
+            StopSignal::Hup => Signal::SIGHUP,
+            StopSignal::Quit => Signal::SIGQUIT,
+            StopSignal::Kill => Signal::SIGKILL,
+            StopSignal::Usr1 => Signal::SIGUSR1,
+            StopSignal::Usr2 => Signal::SIGUSR2,
+        }
+    }
+
+}
+
+/// Resource limits of the child; an unset limit is unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
-    /// Resident memory of the child's process tree, in MiB.
-    #[serde(default)]
+    /// Resident memory of the child's process tree, in MiB; over it the child
+    /// is restarted.
+    #[serde(default, deserialize_with = "checked::<_, Option<Positive<u64>>>")]
+    #[schemars(with = "Option<Positive<u64>>")]
     pub memory_mb: Option<u64>,
-    /// RLIMIT_NOFILE of the child.
-    #[serde(default)]
+    /// RLIMIT_NOFILE of the child: how many files it may hold open.
+    #[serde(default, deserialize_with = "checked::<_, Option<Positive<u64>>>")]
+    #[schemars(with = "Option<Positive<u64>>")]
     pub open_files: Option<u64>,
 }

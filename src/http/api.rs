@@ -19,13 +19,17 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// `GET /readyz`: 200 once every workspace file was read and handed to its
+/// actor; 503 before, and while the workspaces folder is missing (`"not
+/// ready"`, with the reason in `watchError`).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let watch_error = state.registry.watch_error.read().unwrap().clone();
-    if state.ready.load(Ordering::Acquire) {
-        Json(json!({"status": "ready", "watchError": watch_error})).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "loading", "watchError": watch_error}))).into_response()
-    }
+    let status = match (state.ready.load(Ordering::Acquire), &watch_error) {
+        (true, _) => return Json(json!({"status": "ready", "watchError": watch_error})).into_response(),
+        (false, None) => "loading",
+        (false, Some(_)) => "not ready",
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": status, "watchError": watch_error}))).into_response()
 }
 
 /// A record as clients see it: uptime as of now, sampled resources merged in.

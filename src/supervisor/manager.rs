@@ -5,8 +5,15 @@
 //! version (a hash of the parsed config), so an unchanged file does nothing.
 //! The watcher only says "something changed"; a periodic rescan catches what
 //! a watcher can miss.
+//!
+//! What cannot be read is never taken for a change: a file that fails to read
+//! (too many open files, no permission) keeps what it gave before, and a
+//! folder that fails to list changes nothing. A missing folder keeps every
+//! child running; the daemon is not ready, and says why in the watch error,
+//! until the folder is back.
 
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::actor::{self, Command};
 use super::{ActorEntry, Registry, SupervisorContext};
-use crate::config::{is_valid_name, load_dir, FileError, LoadedFile, DEBOUNCE};
+use crate::config::{is_valid_name, name_of, scan_dir, FileError, LoadedFile, ReadError, Scan, DEBOUNCE};
 use crate::process::LogSink;
 
 /// What the manager last handed to an actor, to diff against.
@@ -43,6 +50,21 @@ pub struct Manager {
     settle_sender: mpsc::Sender<()>,
     applied: HashMap<String, Applied>,
     removing: HashMap<String, JoinHandle<()>>,
+    /// What was last said about the folder and its files, so each is said once
+    /// per change; see [`Reported`].
+    reported: Reported,
+}
+
+/// What the manager last logged about files it could not take, to log each
+/// again only when it changed.
+#[derive(Debug, Default)]
+struct Reported {
+    /// Files whose name is not a workspace name, with their modification time.
+    bad_names: HashMap<PathBuf, Option<SystemTime>>,
+    /// Files that could not be read, with the error.
+    unreadable: HashMap<PathBuf, String>,
+    /// Set while the folder is missing: the watch error it stands as.
+    missing_folder: Option<String>,
 }
 
 impl Manager {
@@ -69,6 +91,7 @@ impl Manager {
             settle_sender,
             applied: HashMap::new(),
             removing: HashMap::new(),
+            reported: Reported::default(),
         }
     }
 
@@ -76,14 +99,23 @@ impl Manager {
     /// change signal and every `rescan_every` until cancelled.
     pub async fn run(mut self, mut changes: mpsc::Receiver<()>) {
         let started = tokio::time::Instant::now();
-        let files = self.scan().unwrap_or_default();
-        // Ports of workspaces that no longer exist are dropped at start.
-        let names: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
-        if let Err(e) = self.ctx.ports.retain(&|n| names.iter().any(|m| m == n)) {
-            tracing::warn!("{e}");
+        let scan = self.scan();
+        // Ports of workspaces that no longer exist are dropped at start; a
+        // folder that could not be read says nothing of which exist.
+        if let Some(scan) = &scan {
+            let names: Vec<String> = scan
+                .files
+                .iter()
+                .map(|f| f.name.clone())
+                .chain(scan.unreadable.iter().map(|e| name_of(&e.path)))
+                .collect();
+            if let Err(e) = self.ctx.ports.retain(&|n| names.iter().any(|m| m == n)) {
+                tracing::warn!("{e}");
+            }
         }
-        self.reconcile(files, false).await;
-        self.ready.store(true, Ordering::Release);
+        let loaded = scan.is_some();
+        self.reconcile(scan.unwrap_or_default(), false).await;
+        self.ready.store(loaded, Ordering::Release);
         tracing::info!(
             workspaces = self.applied.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -100,8 +132,10 @@ impl Manager {
             if let Some(watcher) = self.watcher.as_mut() {
                 watcher.ensure();
             }
-            if let Some(files) = self.scan() {
-                if self.reconcile(files, true).await {
+            if let Some(scan) = self.scan() {
+                let unsettled = self.reconcile(scan, true).await;
+                self.ready.store(true, Ordering::Release);
+                if unsettled {
                     // Something was still being written: look again once it settled.
                     let changes = self.settle_sender.clone();
                     tokio::spawn(async move {
@@ -116,17 +150,79 @@ impl Manager {
         }
     }
 
-    /// Reads the folder; `None` when it cannot be read for a reason other
-    /// than being absent, which must not be mistaken for "no workspaces".
-    fn scan(&self) -> Option<Vec<LoadedFile>> {
-        match load_dir(&self.workspaces_dir) {
-            Ok(files) => Some(files),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
-            Err(e) => {
-                tracing::warn!(dir = %self.workspaces_dir.display(), "reading workspaces folder: {e}");
-                None
+    /// Reads the folder; `None` when it cannot be listed, which must not be
+    /// mistaken for "no workspaces": the next scan tries again.
+    ///
+    /// A missing folder (deleted, or replaced by a file) also turns readiness
+    /// off and stands as the watch error until a scan succeeds.
+    fn scan(&mut self) -> Option<Scan> {
+        let error = match scan_dir(&self.workspaces_dir) {
+            Ok(scan) => {
+                self.folder_is_back();
+                self.report_unreadable(&scan.unreadable);
+                return Some(scan);
             }
+            Err(error) => error,
+        };
+        self.ctx.metrics.workspace_read_errors.inc();
+        let missing = matches!(error.source.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory);
+        if !missing {
+            tracing::warn!("{error}; retrying on the next scan");
+            return None;
         }
+        if self.reported.missing_folder.is_none() {
+            let message = format!(
+                "workspaces folder {:?} is missing; its {} workspace(s) keep running until it is back",
+                self.workspaces_dir,
+                self.applied.len()
+            );
+            tracing::warn!("{message}");
+            *self.registry.watch_error.write().unwrap() = Some(message.clone());
+            self.reported.missing_folder = Some(message);
+            self.ready.store(false, Ordering::Release);
+        }
+        None
+    }
+
+    /// Clears the watch error a missing folder set, once it can be read again.
+    fn folder_is_back(&mut self) {
+        let Some(message) = self.reported.missing_folder.take() else { return };
+        tracing::info!("workspaces folder {:?} is back; reloading", self.workspaces_dir);
+        let mut watch_error = self.registry.watch_error.write().unwrap();
+        if watch_error.as_ref() == Some(&message) {
+            *watch_error = None;
+        }
+    }
+
+    /// Logs each file that could not be read, once per distinct error; each
+    /// failed read counts in the metrics.
+    fn report_unreadable(&mut self, unreadable: &[ReadError]) {
+        let mut reported = HashMap::new();
+        for error in unreadable {
+            self.ctx.metrics.workspace_read_errors.inc();
+            let text = error.to_string();
+            if self.reported.unreadable.get(&error.path) != Some(&text) {
+                tracing::warn!("{text}; keeping what the file gave before, retrying on the next scan");
+            }
+            reported.insert(error.path.clone(), text);
+        }
+        self.reported.unreadable = reported;
+    }
+
+    /// Warns about each file whose name is not a workspace name, once per
+    /// change of the file (not once per scan).
+    fn report_bad_names(&mut self, bad: &[LoadedFile]) {
+        let mut reported = HashMap::new();
+        for file in bad {
+            if self.reported.bad_names.get(&file.path) != Some(&file.modified) {
+                if let Err(error) = &file.config {
+                    tracing::warn!("ignoring workspace file:\n{error}");
+                }
+                self.ctx.metrics.invalid_file_warnings.inc();
+            }
+            reported.insert(file.path.clone(), file.modified);
+        }
+        self.reported.bad_names = reported;
     }
 
     /// Brings the actors in line with `files`: new files start actors,
@@ -135,27 +231,28 @@ impl Manager {
     /// With `settle`, a file modified within the watcher's debounce window is
     /// left for a later pass, so a burst of writes becomes one change with the
     /// last content. Returns whether any file was left for later.
-    async fn reconcile(&mut self, files: Vec<LoadedFile>, settle: bool) -> bool {
+    async fn reconcile(&mut self, scan: Scan, settle: bool) -> bool {
         let started = tokio::time::Instant::now();
-        let unsettled = self.reconcile_files(files, settle).await;
+        let unsettled = self.reconcile_files(scan, settle).await;
         self.ctx.metrics.reconciles.inc();
         self.ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         unsettled
     }
 
-    async fn reconcile_files(&mut self, files: Vec<LoadedFile>, settle: bool) -> bool {
+    async fn reconcile_files(&mut self, scan: Scan, settle: bool) -> bool {
         let now = SystemTime::now();
         let fresh =
             |f: &LoadedFile| f.modified.is_some_and(|m| now.duration_since(m).map_or(true, |age| age < DEBOUNCE));
         let mut unsettled = false;
-        let (good, bad): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| is_valid_name(&f.name));
+        let (good, bad): (Vec<_>, Vec<_>) = scan.files.into_iter().partition(|f| is_valid_name(&f.name));
+        self.report_bad_names(&bad);
         let bad: Vec<FileError> = bad.into_iter().filter_map(|f| f.config.err()).collect();
-        for error in &bad {
-            tracing::warn!("ignoring workspace file:\n{error}");
-        }
         self.registry.set_bad_files(bad);
+        // A file that could not be read this time is still there: it keeps
+        // what it gave before (or, new, waits for a read that works).
+        let unreadable = scan.unreadable.iter().map(|e| name_of(&e.path));
 
-        let present: Vec<String> = good.iter().map(|f| f.name.clone()).collect();
+        let present: Vec<String> = good.iter().map(|f| f.name.clone()).chain(unreadable).collect();
         let gone: Vec<String> = self.applied.keys().filter(|n| !present.contains(n)).cloned().collect();
         for name in gone {
             self.applied.remove(&name);

@@ -506,7 +506,7 @@ impl Core {
     /// tree is gone.
     fn begin_stop(&mut self, child: Run, then: Then, reason: &'static str, now: Instant, out: &mut Vec<Effect>) {
         let Some(ws) = self.ws() else { return };
-        let (signal, grace) = (stop_signal(&ws.config), ws.config.stop.grace);
+        let (signal, grace) = (ws.config.stop.signal.as_nix(), ws.config.stop.grace);
         let kill_at = if grace.is_zero() {
             out.push(Effect::Kill { child: child.id });
             None
@@ -971,7 +971,3 @@ impl Supervised {
     }
 }
 
-/// The configured stop signal.
-fn stop_signal(config: &WorkspaceConfig) -> Signal {
-    config.stop.signal.parse().unwrap_or(Signal::SIGTERM)
-}
