@@ -157,6 +157,23 @@ async fn deleting_the_folder_keeps_children_running_and_readyz_503_until_it_retu
     daemon.stop().await;
 }
 
+/// Started without its workspaces folder, the daemon is not ready (it has
+/// read no file) and says why; once the folder appears, it loads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_started_without_its_folder_is_ready_once_the_folder_appears() {
+    let root = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_at(root.path(), port_range()).await;
+    let not_ready = wait_code(&daemon, "/readyz", 503).await;
+    assert!(not_ready["watchError"].as_str().is_some_and(|e| e.contains("is missing")), "{not_ready}");
+    let staging = root.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    write_file(&staging.join("late.json"), &demo());
+    std::fs::rename(&staging, daemon.workspaces()).unwrap();
+    wait_code(&daemon, "/readyz", 200).await;
+    daemon.wait_status("late", "running", UP).await;
+    daemon.stop().await;
+}
+
 /// A `.json` file whose name is not a workspace name is warned about once
 /// per change of the file, however many scans see it. (The daemon's own
 /// reads used to trigger a scan every ~50 ms, each warning again.)

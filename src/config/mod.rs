@@ -8,6 +8,8 @@
 //! for editors. A valid file becomes a [`WorkspaceConfig`], which the
 //! supervisor then owns immutably.
 
+#[cfg(test)]
+mod fuzz;
 mod kinds;
 mod schema;
 mod strict;

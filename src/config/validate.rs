@@ -306,8 +306,11 @@ pub fn parse(text: &[u8]) -> Result<WorkspaceConfig, Vec<ConfigError>> {
 }
 
 /// A syntax error at its `line:column`, with serde_json's message.
+///
+/// serde_json says column 0 for the end of input right after a newline (or
+/// of an empty file); editors count from 1, so that is column 1.
 fn syntax_error(error: &serde_json::Error) -> ConfigError {
-    let at = format!("{}:{}", error.line(), error.column());
+    let at = format!("{}:{}", error.line(), error.column().max(1));
     let message = error.to_string();
     let suffix = format!(" at line {} column {}", error.line(), error.column());
     let message = message.strip_suffix(&suffix).map_or(message.clone(), str::to_string);

@@ -164,12 +164,12 @@ impl Manager {
             }
             Err(error) => error,
         };
-        self.ctx.metrics.workspace_read_errors.inc();
         let missing = matches!(error.source.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory);
         if !missing {
-            tracing::warn!("{error}; retrying on the next scan");
+            self.report_unreadable(std::slice::from_ref(&error));
             return None;
         }
+        self.ctx.metrics.workspace_read_errors.inc();
         if self.reported.missing_folder.is_none() {
             let message = format!(
                 "workspaces folder {:?} is missing; its {} workspace(s) keep running until it is back",
@@ -194,15 +194,15 @@ impl Manager {
         }
     }
 
-    /// Logs each file that could not be read, once per distinct error; each
-    /// failed read counts in the metrics.
+    /// Logs each file (or the folder) that could not be read, once per
+    /// distinct error; each failed read counts in the metrics.
     fn report_unreadable(&mut self, unreadable: &[ReadError]) {
         let mut reported = HashMap::new();
         for error in unreadable {
             self.ctx.metrics.workspace_read_errors.inc();
             let text = error.to_string();
             if self.reported.unreadable.get(&error.path) != Some(&text) {
-                tracing::warn!("{text}; keeping what the file gave before, retrying on the next scan");
+                tracing::warn!("{text}; keeping what was read before, retrying on the next scan");
             }
             reported.insert(error.path.clone(), text);
         }
