@@ -47,7 +47,8 @@ async fn kill_daemon_once(round: usize) -> (Duration, usize) {
     let prefix = format!("iso{round}x");
     let escape = serde_json::json!({"command": "/bin/sh", "args": ["-c",
         "setsid sh -c 'while :; do sleep 0.2; done' & exec \"$0\" demo-server --port \"$PORT\"", "${MCPVISOR}"]});
-    let files = (0..5).flat_map(|i| [(format!("{prefix}p{i}"), support::demo()), (format!("{prefix}e{i}"), escape.clone())]);
+    let files =
+        (0..5).flat_map(|i| [(format!("{prefix}p{i}"), support::demo()), (format!("{prefix}e{i}"), escape.clone())]);
     let root = support::workspace_root(files);
     let listen = support::free_port();
     let daemon = support::Proc::serve(&support::mcpvisor_exe(), root.path(), listen, support::free_range(20));
@@ -69,12 +70,19 @@ async fn kill_daemon_once(round: usize) -> (Duration, usize) {
 /// Spawn to first answered `initialize` of a demo-server: through mcpvisor's
 /// launcher (process group, PDEATHSIG, scrubbed env, spawner thread), or as
 /// a plain `Command`.
-async fn spawn_to_ready(isolated: bool, launcher: &LocalLauncher, ctx: &LaunchContext, http: &reqwest::Client) -> Duration {
+async fn spawn_to_ready(
+    isolated: bool,
+    launcher: &LocalLauncher,
+    ctx: &LaunchContext,
+    http: &reqwest::Client,
+) -> Duration {
     let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}/mcp");
     let started = Instant::now();
     let ready = |started: Instant| async move {
-        await_ready(http, &url, Transport::StreamableHttp, Duration::from_secs(2), Duration::from_secs(10)).await.unwrap();
+        await_ready(http, &url, Transport::StreamableHttp, Duration::from_secs(2), Duration::from_secs(10))
+            .await
+            .unwrap();
         started.elapsed()
     };
     if isolated {
@@ -120,7 +128,8 @@ async fn main() {
         state_dir: dir.path().join("state"),
         mcpvisor_exe: support::mcpvisor_exe(),
     };
-    let launcher = Arc::new(LocalLauncher::new(Spawner::start(tokio::runtime::Handle::current())));
+    let reaper = Arc::new(mcpvisor::process::reaper::Reaper::new());
+    let launcher = Arc::new(LocalLauncher::new(Spawner::start(tokio::runtime::Handle::current()), reaper));
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let (mut plain, mut isolated) = (Vec::new(), Vec::new());
     for _ in 0..20 {

@@ -149,6 +149,7 @@ async fn double_forking_child_is_killed_by_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the sampler no longer restarts actors: the new actor samples memoryMb itself, the kernel enforces it in a cgroup"]
 async fn child_over_its_memory_limit_is_restarted() {
     let mut ws = demo();
     ws["limits"] = json!({"memoryMb": 1});

@@ -1,4 +1,4 @@
-//! `state/runtime.json`: what runs, for the sweep after a crash (DESIGN §4).
+//! `state/runtime.json`: what runs, for the sweep after a crash (docs/reference.md §4).
 //!
 //! Per workspace it records the child's pid, pgid and start time, its port,
 //! and the sampled tree (pid and start time of each member). Matching pid
@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -62,17 +62,18 @@ struct RuntimeFileBody {
     workspaces: BTreeMap<String, RuntimeEntry>,
 }
 
-/// The runtime file, shared by actors (spawn, exit) and the sampler (trees).
-#[derive(Debug)]
+/// The runtime file, shared by actors (spawn, exit) and the sampler
+/// (trees); clones write the same file.
+#[derive(Debug, Clone)]
 pub struct RuntimeFile {
     path: PathBuf,
-    entries: Mutex<BTreeMap<String, RuntimeEntry>>,
+    entries: Arc<Mutex<BTreeMap<String, RuntimeEntry>>>,
 }
 
 impl RuntimeFile {
     /// Starts empty; call [`sweep`] on the old file first.
     pub fn new(state_dir: &Path) -> RuntimeFile {
-        let file = RuntimeFile { path: state_dir.join("runtime.json"), entries: Mutex::default() };
+        let file = RuntimeFile { path: state_dir.join("runtime.json"), entries: Arc::default() };
         file.persist(&BTreeMap::new());
         file
     }
@@ -122,7 +123,7 @@ pub fn sweep(state_dir: &Path, within: Duration) -> usize {
     // Freeze what is recorded and alive, so nothing forks while the tree is
     // read; then kill the recorded processes with their descendants (a
     // shell's in-flight child was never recorded) and the members of their
-    // groups. A group with a recorded member alive cannot have been reused.
+    // groups, also of a group whose leader died with the daemon.
     let alive: Vec<(String, i32, ProcessId)> = body
         .workspaces
         .iter()
@@ -135,8 +136,8 @@ pub fn sweep(state_dir: &Path, within: Duration) -> usize {
     let table = ProcTable::scan();
     let roots: Vec<i32> = alive.iter().map(|(_, _, p)| p.pid).collect();
     let mut targets = table.descendants(&roots);
-    for (_, pgid, _) in &alive {
-        targets.extend(table.group(*pgid));
+    for entry in body.workspaces.values() {
+        targets.extend(group_members(&table, entry));
     }
     targets.sort_unstable();
     targets.dedup();
@@ -152,4 +153,16 @@ pub fn sweep(state_dir: &Path, within: Duration) -> usize {
         std::thread::sleep(Duration::from_millis(10));
     }
     leftovers.len()
+}
+
+/// The members of `entry`'s process group that started with or after its
+/// leader. A group id is not reused while the group has a member, but the
+/// leader's pid may be, once the group emptied: then nothing is returned.
+fn group_members<'a>(table: &'a ProcTable, entry: &'a RuntimeEntry) -> impl Iterator<Item = i32> + 'a {
+    let reused = table.procs.get(&entry.pgid).is_some_and(|p| p.start_time != entry.start_time);
+    table
+        .group(entry.pgid)
+        .iter()
+        .copied()
+        .filter(move |pid| !reused && table.procs.get(pid).is_some_and(|p| p.start_time >= entry.start_time))
 }
