@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::{AppState, Subscribers};
 use crate::ports::PortAllocator;
+use crate::process::cgroup::Cgroups;
 use crate::process::reaper::Reaper;
 use crate::process::{LaunchContext, LocalLauncher};
 use crate::state::{EventBus, ResourceView, StateView, DEFAULT_RING_CAPACITY};
@@ -131,16 +132,25 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let lock = tokio::task::spawn_blocking(move || lock::StateLock::acquire(&lock_dir, Duration::from_secs(3)))
         .await
         .expect("taking the state lock does not panic")?;
+    let cgroups = match Cgroups::setup(&state_dir) {
+        Ok(cgroups) => Some(cgroups),
+        Err(e) => {
+            tracing::info!("isolation by process group: {e}");
+            None
+        }
+    };
+    let cgroup_roots = cgroups.as_ref().map(Cgroups::roots).unwrap_or_default();
     // Orphans of the workspace trees are reparented to us, not to init.
-    let reaper = Arc::new(Reaper::new());
+    let reaper = Arc::new(Reaper::new(cgroups.as_ref().map(|c| c.root_in_hierarchy().to_path_buf())));
     if let Err(e) = process::reaper::become_subreaper() {
         tracing::warn!("cannot become child subreaper: {e}; double-forked children may escape");
     }
     // Before anything is spawned: kill what a crashed predecessor left.
-    let sweep_dir = state_dir.clone();
-    let swept = tokio::task::spawn_blocking(move || process::runtime::sweep(&sweep_dir, Duration::from_secs(2)))
-        .await
-        .unwrap_or(0);
+    let (sweep_dir, roots) = (state_dir.clone(), cgroup_roots.clone());
+    let swept =
+        tokio::task::spawn_blocking(move || process::runtime::sweep(&sweep_dir, &roots, Duration::from_secs(2)))
+            .await
+            .unwrap_or(0);
     if swept > 0 {
         tracing::warn!(processes = swept, "killed leftovers of a previous run");
     }
@@ -162,8 +172,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         },
     });
     let spawner = process::spawner::Spawner::start(tokio::runtime::Handle::current());
-    let launcher = Arc::new(LocalLauncher::new(spawner, reaper.clone()));
-    let runtime = process::runtime::RuntimeFile::new(&state_dir);
+    let launcher = Arc::new(LocalLauncher::new(spawner, reaper.clone(), cgroups.clone()));
+    let runtime = process::runtime::RuntimeFile::new(&state_dir, cgroup_roots);
     let ctx = Arc::new(SupervisorContext {
         launcher: launcher.clone(),
         ports: PortAllocator::load(&state_dir, config.port_range.clone()),
@@ -257,7 +267,13 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         }
         let _ = server.await;
         // A child's orphan may have been adopted after its tree was stopped.
-        let _ = tokio::task::spawn_blocking(move || reaper.kill_orphans(Duration::from_secs(2))).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            reaper.kill_orphans(Duration::from_secs(2));
+            if let Some(cgroups) = cgroups {
+                cgroups.remove();
+            }
+        })
+        .await;
         if let Some(guard) = guard {
             let _ = tokio::task::spawn_blocking(move || guard.finish()).await;
         }

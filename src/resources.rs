@@ -19,7 +19,7 @@ pub use crate::state::ResourceView;
 use crate::process::census::Census;
 use crate::process::runtime::{ProcessId, RuntimeFile};
 use crate::process::tree::{ticks_per_second, ProcInfo};
-use crate::state::{ResourceSample, ResourceTotals, Resources, Timestamp};
+use crate::state::{Isolation, ResourceSample, ResourceTotals, Resources, Timestamp};
 
 /// Samples every `every` until `cancel` fires.
 pub async fn run_sampler(
@@ -42,7 +42,12 @@ pub async fn run_sampler(
         let (returned, sample, members) = tokio::task::spawn_blocking(move || {
             let measured: Vec<Tree> = trees
                 .iter()
-                .map(|t| Tree { workspace: t.workspace().to_string(), leader: t.leader(), members: t.members() })
+                .map(|t| Tree {
+                    workspace: t.workspace().to_string(),
+                    leader: t.leader(),
+                    isolation: t.isolation(),
+                    members: t.members(),
+                })
                 .collect();
             let sample = cpu.sample(&measured, std::time::Instant::now());
             (cpu, sample, measured)
@@ -67,6 +72,7 @@ pub async fn run_sampler(
 struct Tree {
     workspace: String,
     leader: i32,
+    isolation: Isolation,
     members: Vec<ProcInfo>,
 }
 
@@ -88,7 +94,7 @@ impl CpuMeter {
         let mut children = BTreeMap::new();
         let mut totals = ResourceTotals::default();
         for tree in trees {
-            let mut usage = Resources { rss_bytes: 0, cpu_percent: 0.0 };
+            let mut usage = Resources { rss_bytes: 0, cpu_percent: 0.0, isolation: tree.isolation };
             for process in &tree.members {
                 let key = (process.pid, process.start_time);
                 let before = self.last.get(&key).copied().unwrap_or(process.cpu_ticks);
@@ -119,7 +125,7 @@ mod tests {
     fn cpu_counts_the_change_since_the_last_sample() {
         let mut meter = CpuMeter::default();
         let at = std::time::Instant::now();
-        let tree = |members| Tree { workspace: "w".into(), leader: 1, members };
+        let tree = |members| Tree { workspace: "w".into(), leader: 1, isolation: Isolation::Cgroup, members };
         let first = meter.sample(&[tree(vec![process(1, 100, 10)])], at);
         assert_eq!(first.children["w"].cpu_percent, 0.0);
         assert_eq!(first.children["w"].rss_bytes, 10 * crate::process::tree::page_size());

@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use super::error::SpawnError;
 use super::logs::LogSink;
 use super::spec::LaunchSpec;
+use crate::state::Isolation;
 
 /// How a child's main process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,8 @@ impl fmt::Display for ExitInfo {
 }
 
 /// A running child as the supervisor sees it: a main process and the tree
-/// it grows (its process group, their descendants, adopted orphans).
+/// it grows (its cgroup, or its process group, their descendants and the
+/// orphans adopted from them).
 ///
 /// Nothing here waits for a grace period: the supervisor sends signals and
 /// keeps its own timers, so it stays responsive while a child stops.
@@ -61,6 +63,23 @@ pub trait Child: Send + 'static {
     /// Resident memory of the whole tree in bytes; `None` when unknown.
     /// Reads a few files; call it off the hot path.
     fn memory_bytes(&self) -> Option<u64>;
+    /// How the tree is held together: a cgroup, or the process group and
+    /// what the subreaper adopted.
+    fn isolation(&self) -> Isolation {
+        Isolation::ProcessGroup
+    }
+    /// Whether the kernel enforces `limits.memoryMb` for this tree (a
+    /// cgroup memory limit); when not, the supervisor samples
+    /// [`Child::memory_bytes`] itself.
+    fn memory_limit_enforced(&self) -> bool {
+        false
+    }
+    /// Whether the kernel killed a member of the tree for passing its
+    /// memory limit since the spawn (an OOM kill); worth asking once the
+    /// child exited.
+    fn oom_killed(&self) -> bool {
+        false
+    }
 }
 
 /// Starts children somewhere: local processes today.

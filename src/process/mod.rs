@@ -7,6 +7,7 @@
 //! This layer knows nothing of the supervisor or the HTTP surface.
 
 pub mod census;
+pub mod cgroup;
 mod error;
 pub mod guard;
 mod launcher;

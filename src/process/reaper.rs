@@ -11,7 +11,9 @@
 //!   started after that leader), or
 //! - left its leader's session or group and its environment names a
 //!   workspace launched here (`MCPVISOR_WORKSPACE`; read while it lives,
-//!   since a zombie has no environment).
+//!   since a zombie has no environment), or
+//! - in a cgroup below mcpvisor's own, when the launcher uses cgroups (a
+//!   zombie's cgroup is still readable).
 //!
 //! The [`Reaper`] is an owned object: the launcher records each leader it
 //! spawns, the children's tracking asks it for the orphans of a tree, and
@@ -19,6 +21,7 @@
 //! own children (`/proc/self/task/*/children`), never the whole host.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,19 +67,18 @@ struct Known {
 pub struct Reaper {
     me: i32,
     session: i32,
+    /// The cgroup (as `/proc/<pid>/cgroup` names it) whose children are
+    /// workspace cgroups, when the launcher uses cgroups.
+    cgroup_root: Option<PathBuf>,
     known: Mutex<Known>,
 }
 
-impl Default for Reaper {
-    fn default() -> Reaper {
-        Reaper::new()
-    }
-}
-
 impl Reaper {
-    pub fn new() -> Reaper {
+    /// A reaper for children whose workspace cgroups, if any, are the
+    /// children of `cgroup_root` (as `/proc/<pid>/cgroup` names it).
+    pub fn new(cgroup_root: Option<PathBuf>) -> Reaper {
         let session = nix::unistd::getsid(None).map_or(0, Pid::as_raw);
-        Reaper { me: std::process::id() as i32, session, known: Mutex::default() }
+        Reaper { me: std::process::id() as i32, session, cgroup_root, known: Mutex::default() }
     }
 
     /// Runs `spawn` and records the pid it returns as a leader of
@@ -159,12 +161,23 @@ impl Reaper {
             });
         }
         let orphan = |workspace| Orphan { workspace, group: None, start_time: info.start_time };
+        if let Some(workspace) = self.cgroup_workspace(info.pid) {
+            return Some(orphan(workspace));
+        }
         // A leader of another launcher in this process has its own group in
         // mcpvisor's session: only what left both is looked up by name.
         if info.zombie || (info.session == self.session && info.pgrp == info.pid) {
             return None;
         }
         workspace_of(info.pid).filter(|w| known.workspaces.contains(w)).map(orphan)
+    }
+
+    /// The workspace cgroup `pid` is in, if it is one below the cgroup root.
+    fn cgroup_workspace(&self, pid: i32) -> Option<String> {
+        let root = self.cgroup_root.as_ref()?;
+        let path = super::cgroup::unified_path_of(pid)?;
+        let workspace = path.strip_prefix(root).ok()?.components().next()?;
+        Some(workspace.as_os_str().to_string_lossy().into_owned())
     }
 
     /// Reaps on every SIGCHLD (at most one pass per 20 ms) and every

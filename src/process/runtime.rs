@@ -56,9 +56,12 @@ impl RuntimeEntry {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct RuntimeFileBody {
     version: u32,
+    /// The folders whose child cgroups are workspace cgroups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cgroups: Vec<PathBuf>,
     workspaces: BTreeMap<String, RuntimeEntry>,
 }
 
@@ -67,59 +70,73 @@ struct RuntimeFileBody {
 #[derive(Debug, Clone)]
 pub struct RuntimeFile {
     path: PathBuf,
-    entries: Arc<Mutex<BTreeMap<String, RuntimeEntry>>>,
+    body: Arc<Mutex<RuntimeFileBody>>,
 }
 
 impl RuntimeFile {
-    /// Starts empty; call [`sweep`] on the old file first.
-    pub fn new(state_dir: &Path) -> RuntimeFile {
-        let file = RuntimeFile { path: state_dir.join("runtime.json"), entries: Arc::default() };
-        file.persist(&BTreeMap::new());
+    /// Starts with no workspace, naming the folders whose child cgroups are
+    /// workspace cgroups (empty without cgroups); call [`sweep`] on the old
+    /// file first.
+    pub fn new(state_dir: &Path, cgroups: Vec<PathBuf>) -> RuntimeFile {
+        let body = RuntimeFileBody { version: 1, cgroups, workspaces: BTreeMap::new() };
+        let file = RuntimeFile { path: state_dir.join("runtime.json"), body: Arc::new(Mutex::new(body)) };
+        file.persist(&file.body.lock().unwrap());
         file
     }
 
     pub fn set(&self, workspace: &str, entry: RuntimeEntry) {
-        let mut entries = self.entries.lock().unwrap();
-        entries.insert(workspace.to_string(), entry);
-        self.persist(&entries);
+        let mut body = self.body.lock().unwrap();
+        body.workspaces.insert(workspace.to_string(), entry);
+        self.persist(&body);
     }
 
     /// Records a sampled tree; writes only when it changed.
     pub fn set_tree(&self, workspace: &str, tree: Vec<ProcessId>) {
-        let mut entries = self.entries.lock().unwrap();
-        if let Some(entry) = entries.get_mut(workspace).filter(|e| e.tree != tree) {
+        let mut body = self.body.lock().unwrap();
+        if let Some(entry) = body.workspaces.get_mut(workspace).filter(|e| e.tree != tree) {
             entry.tree = tree;
-            self.persist(&entries);
+            self.persist(&body);
         }
     }
 
     pub fn remove(&self, workspace: &str) {
-        let mut entries = self.entries.lock().unwrap();
-        if entries.remove(workspace).is_some() {
-            self.persist(&entries);
+        let mut body = self.body.lock().unwrap();
+        if body.workspaces.remove(workspace).is_some() {
+            self.persist(&body);
         }
     }
 
-    fn persist(&self, entries: &BTreeMap<String, RuntimeEntry>) {
-        let body = RuntimeFileBody { version: 1, workspaces: entries.clone() };
-        let bytes = serde_json::to_vec_pretty(&body).expect("runtime serializes");
+    fn persist(&self, body: &RuntimeFileBody) {
+        let bytes = serde_json::to_vec_pretty(body).expect("runtime serializes");
         if let Err(e) = write_atomic(&self.path, &bytes) {
             tracing::warn!(path = %self.path.display(), "writing runtime file: {e}");
         }
     }
 }
 
-/// Kills every process recorded in `state_dir/runtime.json` that still runs
-/// (pid and start time match), waiting up to `within` for them to go.
-/// Returns how many were killed.
-pub fn sweep(state_dir: &Path, within: Duration) -> usize {
-    let Ok(bytes) = std::fs::read(state_dir.join("runtime.json")) else {
+/// Kills what a previous run left: every workspace cgroup below the
+/// cgroup folders `state_dir/runtime.json` names and `cgroups` (removing
+/// them), then every recorded process that still runs (pid and start time
+/// match) with its descendants and group, waiting up to `within` for them
+/// to go. Returns how many processes were killed.
+pub fn sweep(state_dir: &Path, cgroups: &[PathBuf], within: Duration) -> usize {
+    let body = std::fs::read(state_dir.join("runtime.json")).ok().and_then(|bytes| {
+        let body = serde_json::from_slice::<RuntimeFileBody>(&bytes);
+        body.inspect_err(|e| tracing::warn!("state/runtime.json is unreadable ({e}); only cgroups swept")).ok()
+    });
+    let body = body.unwrap_or_default();
+    // Only mcpvisor's own cgroups for this state folder, whatever the file says.
+    let mut roots: Vec<PathBuf> =
+        body.cgroups.iter().filter(|c| super::cgroup::is_state_root(c, state_dir)).cloned().collect();
+    roots.extend(cgroups.iter().filter(|c| !roots.contains(c)).cloned().collect::<Vec<_>>());
+    super::cgroup::sweep(&roots, within) + sweep_recorded(&body, within)
+}
+
+/// The process-group part of [`sweep`].
+fn sweep_recorded(body: &RuntimeFileBody, within: Duration) -> usize {
+    if body.workspaces.is_empty() {
         return 0;
-    };
-    let Ok(body) = serde_json::from_slice::<RuntimeFileBody>(&bytes) else {
-        tracing::warn!("state/runtime.json is unreadable; nothing swept");
-        return 0;
-    };
+    }
     // Freeze what is recorded and alive, so nothing forks while the tree is
     // read; then kill the recorded processes with their descendants (a
     // shell's in-flight child was never recorded) and the members of their

@@ -16,7 +16,7 @@ mod status;
 mod view;
 
 pub use events::{Event, EventBus, Subscription, DEFAULT_RING_CAPACITY};
-pub use resources::{ResourceSample, ResourceTotals, ResourceView, Resources};
+pub use resources::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources};
 pub use status::{
     BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, Timestamp, WorkspaceRecord, WorkspaceStatus,
 };

@@ -12,6 +12,18 @@ use serde::Serialize;
 
 use super::status::Timestamp;
 
+/// How a child's process tree is held together (docs/reference.md §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// A cgroup per workspace: every descendant is a member, whatever it
+    /// does to its session, group or environment.
+    Cgroup,
+    /// The child's process group, its descendants and the orphans adopted
+    /// from it.
+    ProcessGroup,
+}
+
 /// Sampled resource use of a child's process tree.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -19,6 +31,8 @@ pub struct Resources {
     pub rss_bytes: u64,
     /// Percent of one core, averaged since the previous sample.
     pub cpu_percent: f32,
+    /// How the tree is tracked.
+    pub isolation: Isolation,
 }
 
 /// Totals over every child tree.
