@@ -439,3 +439,37 @@ async fn kill_9_of_the_daemon_while_twenty_children_start_leaves_nothing() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(again.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(again.wait().unwrap().success());
 }
+
+/// Sampling reads each tree's own processes: the daemon keeps no descriptor
+/// per process of the host (sysinfo kept `/proc/<pid>/stat` open for each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_holds_no_descriptor_per_host_process() {
+    let mut others: Vec<std::process::Child> =
+        (0..100).map(|_| Command::new("sleep").arg("60").stdin(Stdio::null()).spawn().unwrap()).collect();
+    let daemon = Daemon::start(&[("sampled", demo())]).await;
+    daemon.wait_status("sampled", "running", UP).await;
+    // Two samples after the child runs (one every 500 ms in tests).
+    let deadline = tokio::time::Instant::now() + UP;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let sample = daemon.get("/api/debug/state/resources").await.1;
+        let at = sample["sampledAt"].clone();
+        if !sample["children"]["sampled"].is_null() && !seen.contains(&at) {
+            seen.push(at);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no two samples: {sample}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let proc_fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.starts_with("/proc/") && !target.starts_with("/proc/self"))
+        .collect();
+    assert!(proc_fds.len() < 10, "{} descriptors into /proc: {proc_fds:?}", proc_fds.len());
+    daemon.stop().await;
+    for other in &mut others {
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+}
