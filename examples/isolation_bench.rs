@@ -128,7 +128,10 @@ async fn main() {
         state_dir: dir.path().join("state"),
         mcpvisor_exe: support::mcpvisor_exe(),
     };
-    let launcher = Arc::new(LocalLauncher::new(Spawner::start(tokio::runtime::Handle::current())));
+    let cgroups = mcpvisor::process::cgroup::Cgroups::setup(&ctx.state_dir).ok();
+    let root = cgroups.as_ref().map(|c| c.root_in_hierarchy().to_path_buf());
+    let reaper = Arc::new(mcpvisor::process::reaper::Reaper::new(root));
+    let launcher = Arc::new(LocalLauncher::new(Spawner::start(tokio::runtime::Handle::current()), reaper, cgroups));
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let (mut plain, mut isolated) = (Vec::new(), Vec::new());
     for _ in 0..20 {

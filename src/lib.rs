@@ -31,9 +31,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::{AppState, Subscribers};
 use crate::ports::PortAllocator;
+use crate::process::cgroup::Cgroups;
+use crate::process::reaper::Reaper;
 use crate::process::{LaunchContext, LocalLauncher};
-use crate::resources::ResourceView;
-use crate::state::{EventBus, StateView, DEFAULT_RING_CAPACITY};
+use crate::state::{EventBus, ResourceView, StateView, DEFAULT_RING_CAPACITY};
 use crate::supervisor::{Manager, Registry, SupervisorContext};
 
 /// How the daemon runs; the flags of `mcpvisor serve`.
@@ -80,8 +81,8 @@ impl ServeConfig {
 pub enum ServeError {
     #[error("listen address {addr} is taken: {source}")]
     AddrInUse { addr: SocketAddr, source: std::io::Error },
-    #[error("state folder {} is locked by another mcpvisor{}", .dir.display(), .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     #[error("refusing to listen on non-loopback {0} without --token")]
     NoToken(SocketAddr),
     #[error("{what} {}: {source}", .path.display())]
@@ -131,15 +132,25 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let lock = tokio::task::spawn_blocking(move || lock::StateLock::acquire(&lock_dir, Duration::from_secs(3)))
         .await
         .expect("taking the state lock does not panic")?;
+    let cgroups = match Cgroups::setup(&state_dir) {
+        Ok(cgroups) => Some(cgroups),
+        Err(e) => {
+            tracing::info!("isolation by process group: {e}");
+            None
+        }
+    };
+    let cgroup_roots = cgroups.as_ref().map(Cgroups::roots).unwrap_or_default();
     // Orphans of the workspace trees are reparented to us, not to init.
+    let reaper = Arc::new(Reaper::new(cgroups.as_ref().map(|c| c.root_in_hierarchy().to_path_buf())));
     if let Err(e) = process::reaper::become_subreaper() {
         tracing::warn!("cannot become child subreaper: {e}; double-forked children may escape");
     }
     // Before anything is spawned: kill what a crashed predecessor left.
-    let sweep_dir = state_dir.clone();
-    let swept = tokio::task::spawn_blocking(move || process::runtime::sweep(&sweep_dir, Duration::from_secs(2)))
-        .await
-        .unwrap_or(0);
+    let (sweep_dir, roots) = (state_dir.clone(), cgroup_roots.clone());
+    let swept =
+        tokio::task::spawn_blocking(move || process::runtime::sweep(&sweep_dir, &roots, Duration::from_secs(2)))
+            .await
+            .unwrap_or(0);
     if swept > 0 {
         tracing::warn!(processes = swept, "killed leftovers of a previous run");
     }
@@ -150,8 +161,21 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
 
     let view = Arc::new(StateView::new());
     let bus = EventBus::new(view, config.event_ring);
+    let resources = Arc::new(ResourceView::default());
+    let subscribers = Arc::new(Subscribers::default());
+    let metrics = metrics::Metrics::new(metrics::StateSources {
+        bus: bus.clone(),
+        resources: resources.clone(),
+        subscribers: {
+            let subscribers = subscribers.clone();
+            Arc::new(move || subscribers.list().iter().map(|s| s.workspace.clone()).collect())
+        },
+    });
+    let spawner = process::spawner::Spawner::start(tokio::runtime::Handle::current());
+    let launcher = Arc::new(LocalLauncher::new(spawner, reaper.clone(), cgroups.clone()));
+    let runtime = process::runtime::RuntimeFile::new(&state_dir, cgroup_roots);
     let ctx = Arc::new(SupervisorContext {
-        launcher: Arc::new(LocalLauncher::new(process::spawner::Spawner::start(tokio::runtime::Handle::current()))),
+        launcher: launcher.clone(),
         ports: PortAllocator::load(&state_dir, config.port_range.clone()),
         bus: bus.clone(),
         launch: LaunchContext {
@@ -160,8 +184,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             mcpvisor_exe: config.mcpvisor_exe.clone(),
         },
         prober: Arc::new(supervisor::probe::McpProber::new()),
-        runtime: process::runtime::RuntimeFile::new(&state_dir),
-        metrics: metrics::Metrics::new(),
+        runtime: runtime.clone(),
+        metrics,
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),
@@ -172,7 +196,6 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     };
     let registry = Arc::new(Registry::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let resources = Arc::new(ResourceView::default());
     let tracker = TaskTracker::new();
     let actors_cancel = CancellationToken::new();
 
@@ -181,7 +204,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         registry: registry.clone(),
         ready: ready.clone(),
         resources: resources.clone(),
-        subscribers: Arc::new(Subscribers::default()),
+        subscribers,
         token: config.token.clone(),
         listen_host: config.listen.ip().to_string(),
         shutdown: shutdown.clone(),
@@ -212,8 +235,6 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             None
         }
     };
-    let registry_for_sampler = registry.clone();
-    let registry_at_exit = registry.clone();
     let manager = Manager::new(
         ctx.clone(),
         registry,
@@ -227,13 +248,13 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     );
     let manager = tracker.spawn(manager.run(changes));
     tracker.spawn(resources::run_sampler(
-        ctx.clone(),
-        registry_for_sampler,
+        launcher.census(),
+        runtime,
         resources,
         config.sample_every,
         actors_cancel.clone(),
     ));
-    tracker.spawn(process::reaper::run_reaper(actors_cancel.clone()));
+    tracker.spawn(reaper.clone().run(actors_cancel.clone()));
 
     let done = tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -245,9 +266,14 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             tracing::error!("some workspaces did not stop within 60 s");
         }
         let _ = server.await;
-        // A child's orphan may have been forked after its tree's last scan.
-        let names = registry_at_exit.names();
-        let _ = tokio::task::spawn_blocking(move || process::reaper::kill_adopted(&names)).await;
+        // A child's orphan may have been adopted after its tree was stopped.
+        let _ = tokio::task::spawn_blocking(move || {
+            reaper.kill_orphans(Duration::from_secs(2));
+            if let Some(cgroups) = cgroups {
+                cgroups.remove();
+            }
+        })
+        .await;
         if let Some(guard) = guard {
             let _ = tokio::task::spawn_blocking(move || guard.finish()).await;
         }

@@ -1,20 +1,26 @@
-//! Prometheus metrics, all prefixed `mcpvisor_` (issue: observability).
+//! Prometheus metrics, all prefixed `mcpvisor_` (docs/reference.md §6 `/metrics`).
 //!
 //! Counters and histograms are updated where things happen (actors, the
-//! manager, the proxy). Gauges that describe the current state (status,
-//! health, breaker, subscribers, resources) are filled from the snapshots at
-//! scrape time, so they can never drift from what the API shows.
+//! manager, the proxy). The gauges that describe the current state (status,
+//! health, breaker, subscribers, resources) and the event counters are not
+//! stored at all: a [`Collector`] reads them from the latest snapshots at
+//! each scrape, so they never drift from what the API shows, and two
+//! concurrent scrapes never see each other's half-filled families.
+//!
+//! This module reads `state/` only.
 
+use std::fmt;
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::state::{Snapshot, Status};
+use crate::state::{EventBus, ResourceSample, ResourceView, Snapshot, Status};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkspaceLabel {
@@ -46,6 +52,22 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// Where the state gauges are read at scrape time.
+#[derive(Clone)]
+pub struct StateSources {
+    /// Workspace records (status, health, breaker) and the event counters.
+    pub bus: Arc<EventBus>,
+    pub resources: Arc<ResourceView>,
+    /// The followed workspace of each open SSE stream (`*` for all).
+    pub subscribers: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+}
+
+impl fmt::Debug for StateSources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateSources").finish_non_exhaustive()
+    }
+}
+
 fn seconds_histogram() -> Histogram {
     // 1 ms to about 65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -56,9 +78,6 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 /// Every metric mcpvisor exports.
 pub struct Metrics {
     registry: Registry,
-    pub status: Family<StateLabel, Gauge>,
-    pub health: Family<StateLabel, Gauge>,
-    pub breaker: Family<StateLabel, Gauge>,
     pub transitions: Family<TransitionLabel, Counter>,
     pub restarts: Family<ReasonLabel, Counter>,
     pub failures: Family<ReasonLabel, Counter>,
@@ -68,23 +87,16 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     pub invalid_file_warnings: Counter,
     pub workspace_read_errors: Counter,
-    pub subscribers: Family<WorkspaceLabel, Gauge>,
-    pub events_published: Counter,
-    pub events_resynced: Counter,
-    pub rss_bytes: Family<WorkspaceLabel, Gauge>,
-    pub cpu_percent: Family<WorkspaceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub proxy_requests: Family<CodeLabel, Counter>,
     pub proxy_seconds: HistogramFamily<WorkspaceLabel>,
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// The metrics, with the state gauges read from `sources` at each scrape.
+    pub fn new(sources: StateSources) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("mcpvisor");
         let histograms = || HistogramFamily::new_with_constructor(seconds_histogram as fn() -> Histogram);
         let metrics = Metrics {
-            status: Family::default(),
-            health: Family::default(),
-            breaker: Family::default(),
             transitions: Family::default(),
             restarts: Family::default(),
             failures: Family::default(),
@@ -94,18 +106,10 @@ impl Metrics {
             reconcile_seconds: seconds_histogram(),
             invalid_file_warnings: Counter::default(),
             workspace_read_errors: Counter::default(),
-            subscribers: Family::default(),
-            events_published: Counter::default(),
-            events_resynced: Counter::default(),
-            rss_bytes: Family::default(),
-            cpu_percent: Family::default(),
             proxy_requests: Family::default(),
             proxy_seconds: histograms(),
             registry: Registry::default(),
         };
-        registry.register("workspace_status", "1 for the workspace's current status", metrics.status.clone());
-        registry.register("workspace_health", "1 for the workspace's current health", metrics.health.clone());
-        registry.register("breaker_state", "1 for the circuit breaker's current state", metrics.breaker.clone());
         registry.register("state_transitions", "Status transitions", metrics.transitions.clone());
         registry.register("restarts", "Child starts after the first, by reason", metrics.restarts.clone());
         registry.register(
@@ -131,37 +135,13 @@ impl Metrics {
             "Failed reads of the workspaces folder or a workspace file, each retried on the next scan",
             metrics.workspace_read_errors.clone(),
         );
-        registry.register(
-            "sse_subscribers",
-            "Open SSE status streams by followed workspace (`*` for all)",
-            metrics.subscribers.clone(),
-        );
-        registry.register(
-            "events_published",
-            "workspace/statusChanged notifications published",
-            metrics.events_published.clone(),
-        );
-        registry.register(
-            "events_resynced",
-            "Times a subscriber fell behind and was resynced",
-            metrics.events_resynced.clone(),
-        );
-        registry.register(
-            "child_rss_bytes",
-            "Resident memory of the workspace's process tree",
-            metrics.rss_bytes.clone(),
-        );
-        registry.register(
-            "child_cpu_percent",
-            "CPU use of the workspace's process tree, percent of one core",
-            metrics.cpu_percent.clone(),
-        );
         registry.register("proxy_requests", "Proxied MCP requests by HTTP status", metrics.proxy_requests.clone());
         registry.register(
             "proxy_request_duration_seconds",
             "Duration of proxied MCP requests",
             metrics.proxy_seconds.clone(),
         );
+        registry.register_collector(Box::new(StateCollector { sources }));
         Arc::new(Metrics { registry, ..metrics })
     }
 
@@ -181,55 +161,94 @@ impl Metrics {
         self.failures.get_or_create(&ReasonLabel { workspace: workspace.into(), reason: reason.into() }).inc();
     }
 
-    /// Fills the state gauges from snapshots and renders the text format.
     pub fn proxy_request(&self, workspace: &str, code: u16, took: std::time::Duration) {
         self.proxy_requests.get_or_create(&CodeLabel { workspace: workspace.into(), code: code.to_string() }).inc();
         self.proxy_seconds.get_or_create(&WorkspaceLabel { workspace: workspace.into() }).observe(took.as_secs_f64());
     }
 
-    /// `subscribers` are the followed workspaces of each open stream.
-    pub fn render(
-        &self,
-        snapshot: &Snapshot,
-        resources: &crate::resources::Sample,
-        subscribers: &[String],
-        published: u64,
-        resynced: u64,
-    ) -> String {
-        for family in [&self.status, &self.health, &self.breaker] {
-            family.clear();
-        }
-        self.rss_bytes.clear();
-        self.cpu_percent.clear();
-        for record in snapshot.workspaces.values() {
-            let s = &record.status;
-            let label = |state: &str| StateLabel { workspace: s.workspace.clone(), state: state.into() };
-            self.status.get_or_create(&label(s.status.as_str())).set(1);
-            self.health.get_or_create(&label(&json_name(&s.health))).set(1);
-            self.breaker.get_or_create(&label(&json_name(&s.breaker.state))).set(1);
-        }
-        for (workspace, usage) in &resources.children {
-            let label = WorkspaceLabel { workspace: workspace.clone() };
-            self.rss_bytes.get_or_create(&label).set(usage.rss_bytes as i64);
-            self.cpu_percent.get_or_create(&label).set(usage.cpu_percent as f64);
-        }
-        self.subscribers.clear();
-        for followed in subscribers {
-            self.subscribers.get_or_create(&WorkspaceLabel { workspace: followed.clone() }).inc();
-        }
-        // Counters owned elsewhere are mirrored: they only grow.
-        let mirror = |counter: &Counter, value: u64| {
-            let current = counter.get();
-            if value > current {
-                counter.inc_by(value - current);
-            }
-        };
-        mirror(&self.events_published, published);
-        mirror(&self.events_resynced, resynced);
+    /// Renders every metric in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+
+    /// Transitional, for the HTTP handler: the same as [`Metrics::encode`];
+    /// the state gauges come from the sources given to [`Metrics::new`],
+    /// which are what the handler passes here.
+    pub fn render(
+        &self,
+        _snapshot: &Snapshot,
+        _resources: &ResourceSample,
+        _subscribers: &[String],
+        _published: u64,
+        _resynced: u64,
+    ) -> String {
+        self.encode()
+    }
+}
+
+/// Reads the state gauges and event counters from the snapshots at scrape time.
+#[derive(Debug)]
+struct StateCollector {
+    sources: StateSources,
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let bus = &self.sources.bus;
+        let snapshot = bus.view().load();
+        let states = |pick: fn(&crate::state::WorkspaceStatus) -> String| {
+            snapshot
+                .workspaces
+                .values()
+                .map(move |r| (StateLabel { workspace: r.status.workspace.clone(), state: pick(&r.status) }, 1i64))
+        };
+        let help = "1 for the workspace's current status";
+        gauge_family(&mut encoder, "workspace_status", help, states(|s| s.status.as_str().into()))?;
+        let help = "1 for the workspace's current health";
+        gauge_family(&mut encoder, "workspace_health", help, states(|s| json_name(&s.health)))?;
+        let help = "1 for the circuit breaker's current state";
+        gauge_family(&mut encoder, "breaker_state", help, states(|s| json_name(&s.breaker.state)))?;
+
+        let mut followed = std::collections::BTreeMap::<String, i64>::new();
+        for workspace in (self.sources.subscribers)() {
+            *followed.entry(workspace).or_default() += 1;
+        }
+        let help = "Open SSE status streams by followed workspace (`*` for all)";
+        let rows = followed.into_iter().map(|(workspace, n)| (WorkspaceLabel { workspace }, n));
+        gauge_family(&mut encoder, "sse_subscribers", help, rows)?;
+
+        let published = ConstCounter::new(bus.last_seq());
+        let help = "workspace/statusChanged notifications published";
+        published.encode(encoder.encode_descriptor("events_published", help, None, published.metric_type())?)?;
+        let resynced = ConstCounter::new(bus.resync_count());
+        let help = "Times a subscriber fell behind and was resynced";
+        resynced.encode(encoder.encode_descriptor("events_resynced", help, None, resynced.metric_type())?)?;
+
+        let sample = self.sources.resources.load();
+        let label = |workspace: &String| WorkspaceLabel { workspace: workspace.clone() };
+        let help = "Resident memory of the workspace's process tree";
+        let rows = sample.children.iter().map(|(w, usage)| (label(w), usage.rss_bytes as i64));
+        gauge_family(&mut encoder, "child_rss_bytes", help, rows)?;
+        let help = "CPU use of the workspace's process tree, percent of one core";
+        let rows = sample.children.iter().map(|(w, usage)| (label(w), usage.cpu_percent as f64));
+        gauge_family(&mut encoder, "child_cpu_percent", help, rows)
+    }
+}
+
+/// Encodes one gauge family from its rows.
+fn gauge_family<L: EncodeLabelSet, V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (L, V)>,
+) -> fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        metric.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
 }
 
 fn json_name<T: serde::Serialize>(value: &T) -> String {

@@ -1,141 +1,139 @@
-//! Sampled resource use of every child's process tree (DESIGN §6 `resources`).
+//! The resource sampler: measures every live child's tree every few
+//! seconds, off the request path, publishes a [`ResourceSample`] into
+//! `state/` and records the trees in `state/runtime.json` for the sweep
+//! after a crash (docs/reference.md §4, §6 `resources`).
 //!
-//! A task samples `/proc` through sysinfo every few seconds, off the request
-//! path, and publishes an immutable sample; requests only read the last one.
+//! It reads each tree's own processes only (see [`crate::process::tree`]),
+//! never the whole host. It tells no one about limits: an actor that must
+//! enforce `limits.memoryMb` itself asks its child.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use serde::Serialize;
-use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio_util::sync::CancellationToken;
 
-use crate::process::runtime::ProcessId;
-use crate::process::tree::ProcTable;
-use crate::state::{Resources, Timestamp};
-use crate::supervisor::actor::Command;
-use crate::supervisor::{Registry, SupervisorContext};
+// The HTTP layer still names these through this module.
+pub use crate::state::ResourceView;
 
-/// Totals over every child tree.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Totals {
-    pub processes: usize,
-    pub rss_bytes: u64,
-    pub cpu_percent: f32,
-}
+use crate::process::census::Census;
+use crate::process::runtime::{ProcessId, RuntimeFile};
+use crate::process::tree::{ticks_per_second, ProcInfo};
+use crate::state::{Isolation, ResourceSample, ResourceTotals, Resources, Timestamp};
 
-/// One sample of every workspace's tree.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Sample {
-    pub children: BTreeMap<String, Resources>,
-    pub totals: Totals,
-    pub sampled_at: Option<Timestamp>,
-}
-
-/// The latest [`Sample`].
-#[derive(Debug, Default)]
-pub struct ResourceView {
-    current: ArcSwap<Sample>,
-}
-
-impl ResourceView {
-    pub fn load(&self) -> Arc<Sample> {
-        self.current.load_full()
-    }
-
-    pub fn get(&self, workspace: &str) -> Option<Resources> {
-        self.current.load().children.get(workspace).copied()
-    }
-}
-
-/// Samples every `every` until `cancel` fires. Each sample also records
-/// the trees in `state/runtime.json` and tells an actor whose tree passed
-/// `limits.memoryMb`.
+/// Samples every `every` until `cancel` fires.
 pub async fn run_sampler(
-    ctx: Arc<SupervisorContext>,
-    registry: Arc<Registry>,
+    census: Arc<Census>,
+    runtime: RuntimeFile,
     view: Arc<ResourceView>,
     every: Duration,
     cancel: CancellationToken,
 ) {
-    let bus = ctx.bus.clone();
-    let mut system = System::new();
+    let mut cpu = CpuMeter::default();
     let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let roots: Vec<Root> = bus
-            .view()
-            .load()
-            .workspaces
-            .values()
-            .filter_map(|r| {
-                Some(Root { workspace: r.status.workspace.clone(), pgid: r.pgid?, memory_mb: r.limits.memory_mb })
-            })
-            .collect();
-        // sysinfo and /proc are read synchronously; keep that off the async workers.
-        let (returned, sample, trees) = tokio::task::spawn_blocking(move || {
-            system.refresh_processes_specifics(
-                ProcessesToUpdate::All,
-                true,
-                ProcessRefreshKind::nothing().with_memory().with_cpu(),
-            );
-            let table = ProcTable::scan();
-            let trees: Vec<(Root, Vec<i32>)> = roots
-                .into_iter()
-                .map(|root| {
-                    let tree = table.tree(root.pgid, &root.workspace);
-                    (root, tree)
+        let trees = census.trees();
+        // /proc is read synchronously; keep that off the async workers.
+        let (returned, sample, members) = tokio::task::spawn_blocking(move || {
+            let measured: Vec<Tree> = trees
+                .iter()
+                .map(|t| Tree {
+                    workspace: t.workspace().to_string(),
+                    leader: t.leader(),
+                    isolation: t.isolation(),
+                    members: t.members(),
                 })
                 .collect();
-            let sample = sample(&system, &trees);
-            (system, sample, trees)
+            let sample = cpu.sample(&measured, std::time::Instant::now());
+            (cpu, sample, measured)
         })
         .await
-        .expect("sampler does not panic");
-        system = returned;
-        for (root, tree) in &trees {
-            let members = tree.iter().filter(|pid| **pid != root.pgid).filter_map(|pid| ProcessId::of(*pid)).collect();
-            ctx.runtime.set_tree(&root.workspace, members);
-            let rss = sample.children.get(&root.workspace).map_or(0, |r| r.rss_bytes);
-            if root.memory_mb.is_some_and(|mb| rss > mb << 20) {
-                if let Some(entry) = registry.get(&root.workspace) {
-                    let _ = entry.handle.send(Command::OverMemory { rss_bytes: rss });
-                }
-            }
+        .expect("the sampler does not panic");
+        cpu = returned;
+        for tree in &members {
+            let others = tree
+                .members
+                .iter()
+                .filter(|p| p.pid != tree.leader)
+                .map(|p| ProcessId { pid: p.pid, start_time: p.start_time })
+                .collect();
+            runtime.set_tree(&tree.workspace, others);
         }
-        view.current.store(Arc::new(sample));
+        view.publish(sample);
     }
 }
 
-/// A workspace whose tree is sampled.
-struct Root {
+/// One tree as measured.
+struct Tree {
     workspace: String,
-    pgid: i32,
-    memory_mb: Option<u64>,
+    leader: i32,
+    isolation: Isolation,
+    members: Vec<ProcInfo>,
 }
 
-fn sample(system: &System, trees: &[(Root, Vec<i32>)]) -> Sample {
-    let mut out = Sample { sampled_at: Some(Timestamp::now()), ..Sample::default() };
-    for (root, tree) in trees {
-        let name = &root.workspace;
-        let mut usage = Resources { rss_bytes: 0, cpu_percent: 0.0 };
-        for pid in tree {
-            if let Some(process) = system.process(Pid::from_u32(*pid as u32)) {
-                usage.rss_bytes += process.memory();
-                usage.cpu_percent += process.cpu_usage();
-                out.totals.processes += 1;
+/// CPU use as the change of each process's CPU time between two samples.
+#[derive(Debug, Default)]
+struct CpuMeter {
+    /// CPU ticks per process (pid, start time) at the last sample.
+    last: HashMap<(i32, u64), u64>,
+    last_at: Option<std::time::Instant>,
+}
+
+impl CpuMeter {
+    /// Turns measured trees into a sample. A process seen for the first
+    /// time counts from the next sample on.
+    fn sample(&mut self, trees: &[Tree], now: std::time::Instant) -> ResourceSample {
+        let elapsed = self.last_at.map_or(0.0, |at| now.duration_since(at).as_secs_f64());
+        let tick_share = if elapsed > 0.0 { 100.0 / (elapsed * ticks_per_second() as f64) } else { 0.0 };
+        let mut next = HashMap::new();
+        let mut children = BTreeMap::new();
+        let mut totals = ResourceTotals::default();
+        for tree in trees {
+            let mut usage = Resources { rss_bytes: 0, cpu_percent: 0.0, isolation: tree.isolation };
+            for process in &tree.members {
+                let key = (process.pid, process.start_time);
+                let before = self.last.get(&key).copied().unwrap_or(process.cpu_ticks);
+                usage.rss_bytes += process.rss_bytes();
+                usage.cpu_percent += (process.cpu_ticks.saturating_sub(before) as f64 * tick_share) as f32;
+                next.insert(key, process.cpu_ticks);
             }
+            totals.processes += tree.members.len();
+            totals.rss_bytes += usage.rss_bytes;
+            totals.cpu_percent += usage.cpu_percent;
+            children.insert(tree.workspace.clone(), usage);
         }
-        out.totals.rss_bytes += usage.rss_bytes;
-        out.totals.cpu_percent += usage.cpu_percent;
-        out.children.insert(name.clone(), usage);
+        self.last = next;
+        self.last_at = Some(now);
+        ResourceSample { children, totals, sampled_at: Some(Timestamp::now()) }
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(pid: i32, cpu_ticks: u64, rss_pages: u64) -> ProcInfo {
+        ProcInfo { pid, ppid: 1, pgrp: pid, session: pid, start_time: 7, zombie: false, cpu_ticks, rss_pages }
+    }
+
+    #[test]
+    fn cpu_counts_the_change_since_the_last_sample() {
+        let mut meter = CpuMeter::default();
+        let at = std::time::Instant::now();
+        let tree = |members| Tree { workspace: "w".into(), leader: 1, isolation: Isolation::Cgroup, members };
+        let first = meter.sample(&[tree(vec![process(1, 100, 10)])], at);
+        assert_eq!(first.children["w"].cpu_percent, 0.0);
+        assert_eq!(first.children["w"].rss_bytes, 10 * crate::process::tree::page_size());
+        let ticks = ticks_per_second();
+        // One second later the leader used half a second; a new member counts later.
+        let second = meter
+            .sample(&[tree(vec![process(1, 100 + ticks / 2, 10), process(2, 50, 1)])], at + Duration::from_secs(1));
+        assert!((second.children["w"].cpu_percent - 50.0).abs() < 1.0, "{second:?}");
+        assert_eq!(second.totals.processes, 2);
+    }
 }

@@ -5,8 +5,8 @@
 //! not their descendants. So `serve` starts `mcpvisor guard` in its own
 //! session with a pipe on its stdin. The daemon holds the write end; when
 //! the daemon dies, however it dies, the kernel closes the pipe and the
-//! guard sweeps `state/runtime.json` (pid and start time must match) and
-//! exits.
+//! guard sweeps what `state/runtime.json` names (the workspace cgroups; the
+//! recorded processes, whose pid and start time must match) and exits.
 
 use std::io::Read;
 use std::path::Path;
@@ -76,5 +76,5 @@ pub fn run(state_dir: &Path) -> usize {
     // Hold the state lock while sweeping, so a new daemon on the same state
     // folder cannot start children that this sweep would then kill.
     let _lock = crate::lock::wait_for(state_dir);
-    super::runtime::sweep(state_dir, Duration::from_secs(2))
+    super::runtime::sweep(state_dir, &[], Duration::from_secs(2))
 }

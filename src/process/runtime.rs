@@ -1,4 +1,4 @@
-//! `state/runtime.json`: what runs, for the sweep after a crash (DESIGN §4).
+//! `state/runtime.json`: what runs, for the sweep after a crash (docs/reference.md §4).
 //!
 //! Per workspace it records the child's pid, pgid and start time, its port,
 //! and the sampled tree (pid and start time of each member). Matching pid
@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -56,73 +56,91 @@ impl RuntimeEntry {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct RuntimeFileBody {
     version: u32,
+    /// The folders whose child cgroups are workspace cgroups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cgroups: Vec<PathBuf>,
     workspaces: BTreeMap<String, RuntimeEntry>,
 }
 
-/// The runtime file, shared by actors (spawn, exit) and the sampler (trees).
-#[derive(Debug)]
+/// The runtime file, shared by actors (spawn, exit) and the sampler
+/// (trees); clones write the same file.
+#[derive(Debug, Clone)]
 pub struct RuntimeFile {
     path: PathBuf,
-    entries: Mutex<BTreeMap<String, RuntimeEntry>>,
+    body: Arc<Mutex<RuntimeFileBody>>,
 }
 
 impl RuntimeFile {
-    /// Starts empty; call [`sweep`] on the old file first.
-    pub fn new(state_dir: &Path) -> RuntimeFile {
-        let file = RuntimeFile { path: state_dir.join("runtime.json"), entries: Mutex::default() };
-        file.persist(&BTreeMap::new());
+    /// Starts with no workspace, naming the folders whose child cgroups are
+    /// workspace cgroups (empty without cgroups); call [`sweep`] on the old
+    /// file first.
+    pub fn new(state_dir: &Path, cgroups: Vec<PathBuf>) -> RuntimeFile {
+        let body = RuntimeFileBody { version: 1, cgroups, workspaces: BTreeMap::new() };
+        let file = RuntimeFile { path: state_dir.join("runtime.json"), body: Arc::new(Mutex::new(body)) };
+        file.persist(&file.body.lock().unwrap());
         file
     }
 
     pub fn set(&self, workspace: &str, entry: RuntimeEntry) {
-        let mut entries = self.entries.lock().unwrap();
-        entries.insert(workspace.to_string(), entry);
-        self.persist(&entries);
+        let mut body = self.body.lock().unwrap();
+        body.workspaces.insert(workspace.to_string(), entry);
+        self.persist(&body);
     }
 
     /// Records a sampled tree; writes only when it changed.
     pub fn set_tree(&self, workspace: &str, tree: Vec<ProcessId>) {
-        let mut entries = self.entries.lock().unwrap();
-        if let Some(entry) = entries.get_mut(workspace).filter(|e| e.tree != tree) {
+        let mut body = self.body.lock().unwrap();
+        if let Some(entry) = body.workspaces.get_mut(workspace).filter(|e| e.tree != tree) {
             entry.tree = tree;
-            self.persist(&entries);
+            self.persist(&body);
         }
     }
 
     pub fn remove(&self, workspace: &str) {
-        let mut entries = self.entries.lock().unwrap();
-        if entries.remove(workspace).is_some() {
-            self.persist(&entries);
+        let mut body = self.body.lock().unwrap();
+        if body.workspaces.remove(workspace).is_some() {
+            self.persist(&body);
         }
     }
 
-    fn persist(&self, entries: &BTreeMap<String, RuntimeEntry>) {
-        let body = RuntimeFileBody { version: 1, workspaces: entries.clone() };
-        let bytes = serde_json::to_vec_pretty(&body).expect("runtime serializes");
+    fn persist(&self, body: &RuntimeFileBody) {
+        let bytes = serde_json::to_vec_pretty(body).expect("runtime serializes");
         if let Err(e) = write_atomic(&self.path, &bytes) {
             tracing::warn!(path = %self.path.display(), "writing runtime file: {e}");
         }
     }
 }
 
-/// Kills every process recorded in `state_dir/runtime.json` that still runs
-/// (pid and start time match), waiting up to `within` for them to go.
-/// Returns how many were killed.
-pub fn sweep(state_dir: &Path, within: Duration) -> usize {
-    let Ok(bytes) = std::fs::read(state_dir.join("runtime.json")) else {
+/// Kills what a previous run left: every workspace cgroup below the
+/// cgroup folders `state_dir/runtime.json` names and `cgroups` (removing
+/// them), then every recorded process that still runs (pid and start time
+/// match) with its descendants and group, waiting up to `within` for them
+/// to go. Returns how many processes were killed.
+pub fn sweep(state_dir: &Path, cgroups: &[PathBuf], within: Duration) -> usize {
+    let body = std::fs::read(state_dir.join("runtime.json")).ok().and_then(|bytes| {
+        let body = serde_json::from_slice::<RuntimeFileBody>(&bytes);
+        body.inspect_err(|e| tracing::warn!("state/runtime.json is unreadable ({e}); only cgroups swept")).ok()
+    });
+    let body = body.unwrap_or_default();
+    // Only mcpvisor's own cgroups for this state folder, whatever the file says.
+    let mut roots: Vec<PathBuf> =
+        body.cgroups.iter().filter(|c| super::cgroup::is_state_root(c, state_dir)).cloned().collect();
+    roots.extend(cgroups.iter().filter(|c| !roots.contains(c)).cloned().collect::<Vec<_>>());
+    super::cgroup::sweep(&roots, within) + sweep_recorded(&body, within)
+}
+
+/// The process-group part of [`sweep`].
+fn sweep_recorded(body: &RuntimeFileBody, within: Duration) -> usize {
+    if body.workspaces.is_empty() {
         return 0;
-    };
-    let Ok(body) = serde_json::from_slice::<RuntimeFileBody>(&bytes) else {
-        tracing::warn!("state/runtime.json is unreadable; nothing swept");
-        return 0;
-    };
+    }
     // Freeze what is recorded and alive, so nothing forks while the tree is
     // read; then kill the recorded processes with their descendants (a
     // shell's in-flight child was never recorded) and the members of their
-    // groups. A group with a recorded member alive cannot have been reused.
+    // groups, also of a group whose leader died with the daemon.
     let alive: Vec<(String, i32, ProcessId)> = body
         .workspaces
         .iter()
@@ -135,8 +153,8 @@ pub fn sweep(state_dir: &Path, within: Duration) -> usize {
     let table = ProcTable::scan();
     let roots: Vec<i32> = alive.iter().map(|(_, _, p)| p.pid).collect();
     let mut targets = table.descendants(&roots);
-    for (_, pgid, _) in &alive {
-        targets.extend(table.group(*pgid));
+    for entry in body.workspaces.values() {
+        targets.extend(group_members(&table, entry));
     }
     targets.sort_unstable();
     targets.dedup();
@@ -152,4 +170,16 @@ pub fn sweep(state_dir: &Path, within: Duration) -> usize {
         std::thread::sleep(Duration::from_millis(10));
     }
     leftovers.len()
+}
+
+/// The members of `entry`'s process group that started with or after its
+/// leader. A group id is not reused while the group has a member, but the
+/// leader's pid may be, once the group emptied: then nothing is returned.
+fn group_members<'a>(table: &'a ProcTable, entry: &'a RuntimeEntry) -> impl Iterator<Item = i32> + 'a {
+    let reused = table.procs.get(&entry.pgid).is_some_and(|p| p.start_time != entry.start_time);
+    table
+        .group(entry.pgid)
+        .iter()
+        .copied()
+        .filter(move |pid| !reused && table.procs.get(pid).is_some_and(|p| p.start_time >= entry.start_time))
 }

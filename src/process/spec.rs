@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{expand, Limits, TemplateVars, WorkspaceConfig};
 
-use super::launcher::SpawnError;
+use super::error::SpawnError;
 
 /// Daemon-wide facts every launch needs.
 #[derive(Debug, Clone)]

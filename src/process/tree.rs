@@ -1,12 +1,17 @@
-//! A workspace's whole process tree, read from `/proc`.
+//! Processes as `/proc` shows them, read through `procfs`.
 //!
-//! A tree is the child's process group, every descendant of its members
-//! (also those that left the group with `setsid`), and processes adopted by
-//! mcpvisor as subreaper whose environment names the workspace
-//! (`MCPVISOR_WORKSPACE`, which every child gets) — so a double-forking
-//! child cannot escape.
+//! Two ways to look. [`walk`] follows trees down through
+//! `/proc/<pid>/task/*/children`, so measuring or signalling a workspace
+//! reads only its own processes, never one file per process on the host.
+//! [`ProcTable::scan`] reads every process once, for the one place that
+//! needs the whole host: the sweep after a crash, which looks for members of
+//! a dead daemon's process groups.
+//!
+//! Nothing here keeps state or writes anywhere: callers own what they learn.
 
 use std::collections::{HashMap, HashSet};
+
+use procfs::process::Process;
 
 /// One process as `/proc/<pid>/stat` describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,62 +19,110 @@ pub struct ProcInfo {
     pub pid: i32,
     pub ppid: i32,
     pub pgrp: i32,
+    pub session: i32,
     /// Start time in clock ticks after boot: with the pid, it names a
     /// process uniquely even after the pid is reused.
     pub start_time: u64,
     pub zombie: bool,
+    /// User plus system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident set size, in pages.
+    pub rss_pages: u64,
+}
+
+impl ProcInfo {
+    /// Resident set size in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        self.rss_pages * page_size()
+    }
 }
 
 /// Reads `/proc/<pid>/stat`; `None` if the process is gone.
 pub fn proc_info(pid: i32) -> Option<ProcInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses; fields follow the last ')'.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    info_of(&Process::new(pid).ok()?)
+}
+
+fn info_of(process: &Process) -> Option<ProcInfo> {
+    let stat = process.stat().ok()?;
     Some(ProcInfo {
-        pid,
-        zombie: matches!(*fields.first()?, "Z" | "X"),
-        ppid: fields.get(1)?.parse().ok()?,
-        pgrp: fields.get(2)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
+        pid: process.pid,
+        ppid: stat.ppid,
+        pgrp: stat.pgrp,
+        session: stat.session,
+        start_time: stat.starttime,
+        zombie: matches!(stat.state, 'Z' | 'X'),
+        cpu_ticks: stat.utime + stat.stime,
+        rss_pages: stat.rss,
     })
 }
 
-/// Every live process, as one consistent-enough scan of `/proc`.
+/// The children of every thread of `pid`, from `/proc/<pid>/task/*/children`;
+/// empty if `pid` is gone.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = Process::new(pid).and_then(|p| p.tasks()) else {
+        return Vec::new();
+    };
+    tasks.flatten().filter_map(|task| task.children().ok()).flatten().map(|child| child as i32).collect()
+}
+
+/// The live processes among `roots` and their descendants, each once.
+///
+/// A process that exits or forks during the walk may be missed or
+/// included; callers that need an empty tree ask again.
+pub fn walk(roots: &[i32]) -> Vec<ProcInfo> {
+    let mut stack = roots.to_vec();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    while let Some(pid) = stack.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        if let Some(info) = proc_info(pid).filter(|p| !p.zombie) {
+            stack.extend(children(pid));
+            out.push(info);
+        }
+    }
+    out
+}
+
+/// The workspace a process's environment names (`MCPVISOR_WORKSPACE`).
+pub fn workspace_of(pid: i32) -> Option<String> {
+    let env = Process::new(pid).ok()?.environ().ok()?;
+    env.get(std::ffi::OsStr::new("MCPVISOR_WORKSPACE")).map(|name| name.to_string_lossy().into_owned())
+}
+
+/// Bytes per memory page.
+pub fn page_size() -> u64 {
+    procfs::page_size()
+}
+
+/// Clock ticks per second, the unit of [`ProcInfo::cpu_ticks`].
+pub fn ticks_per_second() -> u64 {
+    procfs::ticks_per_second()
+}
+
+/// Every live process of the host, read once.
 #[derive(Debug, Default)]
 pub struct ProcTable {
     pub procs: HashMap<i32, ProcInfo>,
     children: HashMap<i32, Vec<i32>>,
     groups: HashMap<i32, Vec<i32>>,
-    /// Orphans mcpvisor adopted, by the workspace their environment names.
-    /// Only non-leader children are read, once per scan: a leader belongs
-    /// to its own group anyway.
-    adopted: HashMap<String, Vec<i32>>,
 }
 
 impl ProcTable {
+    /// Reads every `/proc/<pid>/stat`; zombies are left out. A process
+    /// whose parent exits during the scan may be missed.
     pub fn scan() -> ProcTable {
         let mut table = ProcTable::default();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
+        let Ok(all) = procfs::process::all_processes() else {
             return table;
         };
-        for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            if let Some(info) = proc_info(pid).filter(|i| !i.zombie) {
-                table.children.entry(info.ppid).or_default().push(pid);
-                table.groups.entry(info.pgrp).or_default().push(pid);
-                table.procs.insert(pid, info);
-            }
-        }
-        let me = std::process::id() as i32;
-        let leaders = super::reaper::leaders();
-        for &pid in table.children.get(&me).into_iter().flatten() {
-            if !leaders.contains(&pid) {
-                if let Some(workspace) = workspace_of(pid) {
-                    table.adopted.entry(workspace).or_default().push(pid);
-                }
-            }
+        for process in all.flatten() {
+            // Each `Process` holds a descriptor: read it and let it go.
+            let Some(info) = info_of(&process).filter(|p| !p.zombie) else { continue };
+            table.children.entry(info.ppid).or_default().push(info.pid);
+            table.groups.entry(info.pgrp).or_default().push(info.pid);
+            table.procs.insert(info.pid, info);
         }
         table
     }
@@ -90,50 +143,42 @@ impl ProcTable {
     pub fn group(&self, pgid: i32) -> &[i32] {
         self.groups.get(&pgid).map_or(&[], Vec::as_slice)
     }
-
-    /// Orphans adopted from `workspace`'s tree, with their descendants.
-    pub fn adopted_tree(&self, workspace: &str) -> Vec<i32> {
-        let mut stack: Vec<i32> = self.adopted.get(workspace).cloned().unwrap_or_default();
-        let mut seen = HashSet::new();
-        while let Some(pid) = stack.pop() {
-            if seen.insert(pid) {
-                stack.extend(self.children.get(&pid).into_iter().flatten());
-            }
-        }
-        seen.into_iter().collect()
-    }
-
-    /// Adopted orphans, grouped by workspace.
-    pub fn adopted_pids(&self) -> impl Iterator<Item = &[i32]> {
-        self.adopted.values().map(Vec::as_slice)
-    }
-
-    /// The live processes of a workspace's tree (see the module comment).
-    ///
-    /// Processes mcpvisor adopted for this workspace are noted for the
-    /// reaper, which reaps only those.
-    pub fn tree(&self, pgid: i32, workspace: &str) -> Vec<i32> {
-        let mut roots: Vec<i32> = self.groups.get(&pgid).cloned().unwrap_or_default();
-        if let Some(adopted) = self.adopted.get(workspace) {
-            super::reaper::note_adopted(adopted);
-            roots.extend(adopted);
-        }
-        let mut seen = HashSet::new();
-        while let Some(pid) = roots.pop() {
-            if seen.insert(pid) {
-                roots.extend(self.children.get(&pid).into_iter().flatten());
-            }
-        }
-        let mut tree: Vec<i32> = seen.into_iter().collect();
-        tree.sort_unstable();
-        tree
-    }
 }
 
-/// The workspace a process's environment names (`MCPVISOR_WORKSPACE`).
-pub fn workspace_of(pid: i32) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    env.split(|b| *b == 0)
-        .find_map(|var| var.strip_prefix(b"MCPVISOR_WORKSPACE="))
-        .map(|name| String::from_utf8_lossy(name).into_owned())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_finds_a_grandchild_and_scan_agrees() {
+        let mut shell = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & wait"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        let pid = shell.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let tree = loop {
+            let tree = walk(&[pid]);
+            if tree.len() == 2 || std::time::Instant::now() > deadline {
+                break tree;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(tree.len(), 2, "{tree:?}");
+        assert!(children(me).contains(&pid));
+        let sleep = tree.iter().find(|p| p.pid != pid).unwrap();
+        assert_eq!(sleep.ppid, pid);
+        let table = ProcTable::scan();
+        let mut from_scan = table.descendants(&[pid]);
+        from_scan.sort_unstable();
+        let mut from_walk: Vec<i32> = tree.iter().map(|p| p.pid).collect();
+        from_walk.sort_unstable();
+        assert_eq!(from_scan, from_walk);
+        assert!(table.group(proc_info(pid).unwrap().pgrp).contains(&pid));
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleep.pid), nix::sys::signal::Signal::SIGKILL);
+        shell.wait().unwrap();
+        assert!(walk(&[pid]).is_empty());
+    }
 }

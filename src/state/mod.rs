@@ -3,16 +3,21 @@
 //! Actors are the only writers. They publish immutable [`WorkspaceRecord`]s
 //! into the [`StateView`] (copy-on-write through `arc-swap`) and, for a status
 //! transition, a `workspace/statusChanged` notification onto the
-//! [`EventBus`]. Readers (HTTP, SSE, proxy routing) load a snapshot and never
-//! wait on an actor.
+//! [`EventBus`]. The resource sampler publishes [`ResourceSample`]s into the
+//! [`ResourceView`] the same way. Readers (HTTP, SSE, proxy routing, metrics)
+//! load a snapshot and never wait on a writer.
+//!
+//! This layer knows nothing of the supervisor, the HTTP surface or how
+//! children run.
 
 mod events;
+mod resources;
 mod status;
 mod view;
 
 pub use events::{Event, EventBus, Subscription, DEFAULT_RING_CAPACITY};
+pub use resources::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources};
 pub use status::{
-    BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Resources, Status, Timestamp, WorkspaceRecord,
-    WorkspaceStatus,
+    BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, Timestamp, WorkspaceRecord, WorkspaceStatus,
 };
 pub use view::{Snapshot, StateView};

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
+use super::resources::Resources;
 use crate::config::FileError;
 
 /// Lifecycle of a workspace's child (DESIGN §5).
@@ -96,14 +97,6 @@ pub struct BreakerStatus {
 pub struct ProxyPaths {
     pub mcp: String,
     pub sse: String,
-}
-
-/// Sampled resource use of a child's process tree.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Resources {
-    pub rss_bytes: u64,
-    pub cpu_percent: f32,
 }
 
 /// One failure of a child: a failed start, an exit, a failed probe.

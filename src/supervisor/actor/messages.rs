@@ -22,8 +22,6 @@ pub enum Command {
     Apply { config: Arc<WorkspaceConfig>, version: String },
     /// The workspace file turned invalid; the last good config keeps running.
     Invalid(FileError),
-    /// The sampled tree uses more memory than `limits.memoryMb`.
-    OverMemory { rss_bytes: u64 },
     /// The workspace file is gone: stop, then end. The reply is sent once the
     /// child's process tree is gone.
     Remove(oneshot::Sender<()>),

@@ -174,10 +174,6 @@ impl Driver {
                 tracing::warn!("workspace file is invalid; keeping the last good config:\n{error}");
                 (Input::Invalid(error), None)
             }
-            Command::OverMemory { rss_bytes } => match self.core.child() {
-                Some((child, _)) => (Input::Memory { child, rss_bytes }, None),
-                None => (Input::Tick, None),
-            },
             Command::Remove(done) => {
                 self.removed = Some(done);
                 (Input::Remove, None)

@@ -742,8 +742,12 @@ mod driver {
                 mcpvisor_exe: "/bin/true".into(),
             },
             prober: Arc::new(ReadyProber),
-            runtime: crate::process::runtime::RuntimeFile::new(dir.path()),
-            metrics: crate::metrics::Metrics::new(),
+            runtime: crate::process::runtime::RuntimeFile::new(dir.path(), vec![]),
+            metrics: crate::metrics::Metrics::new(crate::metrics::StateSources {
+                bus: bus.clone(),
+                resources: Default::default(),
+                subscribers: Arc::new(Vec::new),
+            }),
         });
         let logs = LogSink::open(&dir.path().join("logs"), "dev");
         let handle = actor::spawn(
