@@ -284,7 +284,6 @@ impl StopSignal {
             StopSignal::Usr2 => Signal::SIGUSR2,
         }
     }
-
 }
 
 /// Resource limits of the child; an unset limit is unlimited.

@@ -222,6 +222,7 @@ mod tests {
                 pid: None,
                 port: None,
                 transport: "streamable-http",
+                isolation: None,
                 upstream: None,
                 proxy: ProxyPaths { mcp: String::new(), sse: String::new() },
                 started_at: None,

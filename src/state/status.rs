@@ -126,6 +126,8 @@ pub struct WorkspaceStatus {
     pub pid: Option<u32>,
     pub port: Option<u16>,
     pub transport: &'static str,
+    /// How the child's tree is held together; `None` before the first spawn.
+    pub isolation: Option<super::resources::Isolation>,
     pub upstream: Option<String>,
     pub proxy: ProxyPaths,
     pub started_at: Option<Timestamp>,

@@ -38,7 +38,7 @@ use tokio::time::Instant;
 
 use crate::config::{FileError, RestartPolicy, WorkspaceConfig};
 use crate::process::ExitInfo;
-use crate::state::{BreakerState, Health, Status};
+use crate::state::{BreakerState, Health, Isolation, Status};
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::breaker::Breaker;
 
@@ -63,6 +63,11 @@ pub struct Spawned {
     pub pid: u32,
     pub pgid: i32,
     pub port: u16,
+    /// How its tree is held together.
+    pub isolation: Isolation,
+    /// Whether the kernel enforces `limits.memoryMb` (a cgroup memory
+    /// limit); when not, the core has the tree's memory sampled.
+    pub memory_enforced: bool,
 }
 
 /// A start that failed before a child existed.
@@ -94,8 +99,9 @@ pub enum Input {
     Shutdown,
     /// The answer to [`Effect::Spawn`]; the driver sends it before anything else.
     Spawned { child: ChildId, result: Result<Spawned, SpawnFailure> },
-    /// The child's main process exited.
-    Exited { child: ChildId, exit: ExitInfo },
+    /// The child's main process exited; `oom_killed` when the kernel killed
+    /// a member of its tree for passing the memory limit.
+    Exited { child: ChildId, exit: ExitInfo, oom_killed: bool },
     /// The child's main process exited and no member of its tree is left.
     Gone { child: ChildId },
     /// The result of an [`Effect::Probe`].
@@ -139,6 +145,8 @@ pub struct View {
     pub pid: Option<u32>,
     pub pgid: Option<i32>,
     pub port: Option<u16>,
+    /// How the last child's tree was held together.
+    pub isolation: Option<Isolation>,
     /// Since when the child has been `running`.
     pub running_since: Option<Instant>,
     pub last_health_check: Option<Instant>,
@@ -298,6 +306,7 @@ struct Supervised {
     /// Whether any child was spawned yet (the first start is no restart).
     spawned: bool,
     port: Option<u16>,
+    isolation: Option<Isolation>,
     last_health_check: Option<Instant>,
 }
 
@@ -405,6 +414,7 @@ impl Core {
                 pid: None,
                 pgid: None,
                 port: None,
+                isolation: None,
                 running_since: None,
                 last_health_check: None,
                 restart_count: 0,
@@ -431,7 +441,7 @@ impl Core {
             Input::Remove => self.on_finish(true, "removed", now, &mut out),
             Input::Shutdown => self.on_finish(false, "shutdown", now, &mut out),
             Input::Spawned { child, result } => self.on_spawned(child, result, now, &mut out),
-            Input::Exited { child, exit } => self.on_exited(child, exit, now, &mut out),
+            Input::Exited { child, exit, oom_killed } => self.on_exited(child, exit, oom_killed, now, &mut out),
             Input::Gone { child } => self.on_gone(child, now, &mut out),
             Input::Probe { child, kind, result } => self.on_probe(child, kind, result, now, &mut out),
             Input::Memory { child, rss_bytes } => self.on_memory(child, rss_bytes, now, &mut out),
@@ -718,7 +728,9 @@ impl Core {
         match result {
             Ok(spawned) => {
                 ws.port = Some(spawned.port);
-                let sample_at = ws.config.limits.memory_mb.map(|_| now + MEMORY_SAMPLE_EVERY);
+                ws.isolation = Some(spawned.isolation);
+                let sampled = ws.config.limits.memory_mb.is_some() && !spawned.memory_enforced;
+                let sample_at = sampled.then(|| now + MEMORY_SAMPLE_EVERY);
                 let child = Run { id, pid: spawned.pid, pgid: spawned.pgid, exited: false, sample_at };
                 let deadline = now + ws.config.health.startup_timeout + ws.config.health.timeout;
                 ws.state = State::Starting { child, spawned_at: now, deadline };
@@ -739,7 +751,7 @@ impl Core {
         }
     }
 
-    fn on_exited(&mut self, id: ChildId, exit: ExitInfo, now: Instant, out: &mut Vec<Effect>) {
+    fn on_exited(&mut self, id: ChildId, exit: ExitInfo, oom_killed: bool, now: Instant, out: &mut Vec<Effect>) {
         let Some(ws) = self.ws() else { return };
         let Some(child) = ws.state.child_mut().filter(|c| c.id == id && !c.exited) else { return };
         child.exited = true;
@@ -750,6 +762,13 @@ impl Core {
             // An expected exit, or one of a child that already failed.
             _ => return,
         };
+        if oom_killed {
+            let limit = ws.config.limits.memory_mb.unwrap_or_default();
+            let message = format!("child {exit}{during}: the kernel killed the tree for passing its {limit} MiB limit");
+            let failure = Failure { message, reason: "memory limit", kind: "memory limit".into(), exit: Some(exit) };
+            self.fail(failure, now, out);
+            return;
+        }
         if exit.success() && ws.config.restart.policy == RestartPolicy::OnFailure {
             ws.desired_running = false;
             out.push(Effect::Kill { child: id });
@@ -785,7 +804,7 @@ impl Core {
             State::Starting { .. } | State::Running { .. } => {
                 // The driver reports a tree gone only after its exit; should
                 // one come first, it is an exit all the same.
-                self.on_exited(id, ExitInfo { code: None, signal: None }, now, out);
+                self.on_exited(id, ExitInfo { code: None, signal: None }, false, now, out);
                 self.on_gone(id, now, out);
             }
             _ => {}
@@ -934,6 +953,7 @@ impl Supervised {
             restart_count: 0,
             spawned: false,
             port: None,
+            isolation: None,
             last_health_check: None,
         }
     }
@@ -958,6 +978,7 @@ impl Supervised {
             pid: live.map(|c| c.pid),
             pgid: live.map(|c| c.pgid),
             port: self.port,
+            isolation: self.isolation,
             running_since: match self.state {
                 State::Running { since, .. } => Some(since),
                 _ => None,
@@ -970,4 +991,3 @@ impl Supervised {
         }
     }
 }
-

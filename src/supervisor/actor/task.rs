@@ -275,14 +275,15 @@ impl Driver {
                 return Input::Spawned { child: id, result: Err(failure) };
             }
         };
-        let (pid, pgid) = (child.pid(), child.pgid());
+        let (pid, pgid, isolation) = (child.pid(), child.pgid(), child.isolation());
+        let memory_enforced = child.memory_limit_enforced();
         tracing::info!(pid, port, "child started");
         if let Some(process) = ProcessId::of(pid as i32) {
             let entry = RuntimeEntry { pid: process.pid, pgid, start_time: process.start_time, port, tree: vec![] };
             self.ctx.runtime.set(&self.name, entry);
         }
         self.child = Some(Slot { id, child, exited: false });
-        Input::Spawned { child: id, result: Ok(Spawned { pid, pgid, port }) }
+        Input::Spawned { child: id, result: Ok(Spawned { pid, pgid, port, isolation, memory_enforced }) }
     }
 
     fn start_probe(&mut self, child: ChildId, kind: ProbeKind) {
@@ -353,6 +354,7 @@ impl Driver {
                 pid: view.pid,
                 port: view.port,
                 transport: transport.as_str(),
+                isolation: view.isolation,
                 upstream: view.port.zip(config).map(|(port, c)| upstream(port, c)),
                 proxy: ProxyPaths { mcp: format!("/workspaces/{name}/mcp"), sse: format!("/workspaces/{name}/sse") },
                 started_at: view.running_since.map(wall_of),
@@ -385,7 +387,7 @@ async fn watch_child(slot: Option<&mut Slot>) -> Input {
     if !slot.exited {
         let exit = slot.child.wait().await;
         slot.exited = true;
-        return Input::Exited { child: slot.id, exit };
+        return Input::Exited { child: slot.id, exit, oom_killed: slot.child.oom_killed() };
     }
     slot.child.wait_gone().await;
     Input::Gone { child: slot.id }

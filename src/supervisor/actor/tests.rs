@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::state::{ChildId, Core, Effect, Input, ProbeKind, SpawnFailure, Spawned, Transition};
 use crate::config::{parse, FileError, WorkspaceConfig};
 use crate::process::ExitInfo;
-use crate::state::{BreakerState, Health, Status};
+use crate::state::{BreakerState, Health, Isolation, Status};
 
 fn config(json: &str) -> Arc<WorkspaceConfig> {
     Arc::new(parse(json.as_bytes()).expect("test config parses"))
@@ -69,7 +69,13 @@ impl Bench {
                 let result = if self.fail_spawns {
                     Err(SpawnFailure { kind: "not found", message: "no such file: x".into(), port: Some(41000) })
                 } else {
-                    Ok(Spawned { pid: 100 + child as u32, pgid: 100 + child as i32, port: 41000 })
+                    Ok(Spawned {
+                        pid: 100 + child as u32,
+                        pgid: 100 + child as i32,
+                        port: 41000,
+                        isolation: Isolation::Cgroup,
+                        memory_enforced: false,
+                    })
                 };
                 let more = self.core.step(Input::Spawned { child, result }, self.now);
                 all.extend(self.answer(more));
@@ -88,7 +94,11 @@ impl Bench {
     }
 
     fn exit(&mut self, code: i32) -> Vec<Effect> {
-        self.step(Input::Exited { child: self.child, exit: ExitInfo { code: Some(code), signal: None } })
+        self.step(Input::Exited {
+            child: self.child,
+            exit: ExitInfo { code: Some(code), signal: None },
+            oom_killed: false,
+        })
     }
 
     fn gone(&mut self) -> Vec<Effect> {
@@ -356,6 +366,23 @@ fn memory_over_the_limit_is_a_failure() {
 }
 
 #[test]
+fn a_kernel_enforced_limit_is_not_sampled_and_an_oom_kill_is_a_memory_failure() {
+    let mut core = Core::new(Ok((config(r#"{"command": "x", "limits": {"memoryMb": 10}}"#), "v1".into())), 1);
+    let now = Instant::now();
+    let Some(Effect::Spawn { child, .. }) = core.boot().pop() else { panic!("boot spawns") };
+    let spawned = Spawned { pid: 7, pgid: 7, port: 1, isolation: Isolation::Cgroup, memory_enforced: true };
+    core.step(Input::Spawned { child, result: Ok(spawned) }, now);
+    core.step(Input::Probe { child, kind: ProbeKind::Readiness, result: Ok(()) }, now);
+    assert_eq!(core.view().isolation, Some(Isolation::Cgroup));
+    let later = now + Duration::from_secs(60);
+    let effects = core.step(Input::Tick, later);
+    assert!(!has(&effects, |e| matches!(e, Effect::SampleMemory { .. })), "the kernel enforces it: {effects:?}");
+    let exit = ExitInfo { code: None, signal: Some(9) };
+    let effects = core.step(Input::Exited { child, exit, oom_killed: true }, later);
+    assert_eq!(moves(&effects), ["running>error:memory limit"]);
+}
+
+#[test]
 fn a_failed_spawn_shows_starting_then_error() {
     let (mut bench, _) = Bench::new(quick());
     bench.step(Input::Stop);
@@ -501,7 +528,13 @@ mod invariants {
                             Err(SpawnFailure { kind: "not found", message: "x".into(), port: None })
                         } else {
                             self.world.live = Some((child, false));
-                            Ok(Spawned { pid: child as u32, pgid: child as i32, port: 1 })
+                            Ok(Spawned {
+                                pid: child as u32,
+                                pgid: child as i32,
+                                port: 1,
+                                isolation: Isolation::ProcessGroup,
+                                memory_enforced: false,
+                            })
                         };
                         self.step(Input::Spawned { child, result })?;
                     }
@@ -586,7 +619,7 @@ mod invariants {
                     Action::Exit(code) => {
                         if let Some((id, false)) = run.world.live {
                             run.world.live = Some((id, true));
-                            run.step(Input::Exited { child: id, exit: ExitInfo { code: Some(code), signal: None } })?;
+                            run.step(Input::Exited { child: id, exit: ExitInfo { code: Some(code), signal: None }, oom_killed: false })?;
                         }
                     }
                     Action::Gone => {
