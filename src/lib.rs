@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod resources;
+pub mod sse;
 pub mod state;
 pub mod supervisor;
 

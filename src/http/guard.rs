@@ -10,6 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
 
@@ -42,7 +43,7 @@ pub async fn check(State(state): State<Arc<AppState>>, request: Request, next: N
         let open = matches!(request.uri().path(), "/healthz" | "/readyz");
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !open && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        if !open && !given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.as_bytes()))) {
             return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")
                 .into_response();
         }
@@ -56,10 +57,6 @@ fn strip_port(authority: &str) -> &str {
         return authority.split_once(']').map_or(authority, |(h, _)| &authority[..h.len() + 1]);
     }
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use api::WorkspaceList;
 pub use error::ApiError;
 pub use sse::Subscribers;
 

@@ -10,7 +10,7 @@ mod events;
 mod status;
 mod view;
 
-pub use events::{Event, EventBus, Subscription, DEFAULT_RING_CAPACITY};
+pub use events::{Event, EventBus, StatusChange, Subscription, DEFAULT_RING_CAPACITY, STATUS_CHANGED};
 pub use status::{
     BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Resources, Status, Timestamp, WorkspaceRecord,
     WorkspaceStatus,

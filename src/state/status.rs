@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::FileError;
 
@@ -11,7 +11,7 @@ use crate::config::FileError;
 ///
 /// `stopped -> starting -> running -> stopping -> stopped`;
 /// `starting | running -> error -> starting` after backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     Stopped,
@@ -42,7 +42,7 @@ impl fmt::Display for Status {
 }
 
 /// Result of the MCP-level probes of a running child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Health {
     Healthy,
@@ -52,7 +52,7 @@ pub enum Health {
 }
 
 /// Circuit breaker position (DESIGN §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BreakerState {
     Closed,
@@ -82,8 +82,28 @@ impl Serialize for Timestamp {
     }
 }
 
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map(Timestamp).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A transport's name: `streamable-http`, `sse` or `stdio`. An alias, so
+/// that serde reads it with [`transport_name`] instead of borrowing it.
+pub type TransportName = &'static str;
+
+/// Reads a transport name back into the `&'static str` the status holds.
+fn transport_name<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    ["streamable-http", "sse", "stdio"]
+        .into_iter()
+        .find(|known| *known == name)
+        .ok_or_else(|| serde::de::Error::unknown_variant(&name, &["streamable-http", "sse", "stdio"]))
+}
+
 /// The breaker as shown in a WorkspaceStatus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerStatus {
     pub state: BreakerState,
@@ -92,14 +112,14 @@ pub struct BreakerStatus {
 }
 
 /// Where clients reach the workspace through mcpvisor (DESIGN §8).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyPaths {
     pub mcp: String,
     pub sse: String,
 }
 
 /// Sampled resource use of a child's process tree.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Resources {
     pub rss_bytes: u64,
@@ -110,7 +130,7 @@ pub struct Resources {
 ///
 /// Shown as `lastError` (DESIGN §5) and kept, ten per workspace, as its
 /// error history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorRecord {
     pub message: String,
@@ -123,7 +143,7 @@ pub struct ErrorRecord {
 }
 
 /// The public status of one workspace: `GET /api/workspaces/{name}` (DESIGN §5).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceStatus {
     pub workspace: String,
@@ -132,7 +152,8 @@ pub struct WorkspaceStatus {
     pub enabled: bool,
     pub pid: Option<u32>,
     pub port: Option<u16>,
-    pub transport: &'static str,
+    #[serde(deserialize_with = "transport_name")]
+    pub transport: TransportName,
     pub upstream: Option<String>,
     pub proxy: ProxyPaths,
     pub started_at: Option<Timestamp>,
@@ -142,6 +163,9 @@ pub struct WorkspaceStatus {
     pub restart_count: u32,
     pub breaker: BreakerStatus,
     pub last_error: Option<ErrorRecord>,
+    /// Not read back: `FileError` has no `Deserialize` yet (clients that
+    /// need it read the JSON).
+    #[serde(skip_deserializing)]
     pub config_error: Option<FileError>,
     pub config_version: Option<String>,
     pub resources: Option<Resources>,

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use super::jsonrpc::RequestId;
+use rmcp::model::RequestId;
+
+use super::jsonrpc::Request;
 use crate::state::Timestamp;
 
 /// Sessions kept per daemon; the least recently active go first.
@@ -22,7 +24,7 @@ const MAX_SESSIONS: usize = 10_000;
 /// A request waiting for its answer.
 #[derive(Debug, Clone)]
 pub struct Pending {
-    pub request: RequestId,
+    pub request: Request,
     pub started_at: Timestamp,
 }
 
@@ -42,14 +44,14 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn add_pending(&self, requests: &[RequestId]) {
+    pub fn add_pending(&self, requests: &[Request]) {
         let now = Timestamp::now();
         let mut pending = self.pending.lock().unwrap();
         pending.extend(requests.iter().map(|r| Pending { request: r.clone(), started_at: now }));
     }
 
     /// Marks the request with `id` answered.
-    pub fn answered(&self, id: &Value) {
+    pub fn answered(&self, id: &RequestId) {
         self.pending.lock().unwrap().retain(|p| &p.request.id != id);
     }
 
@@ -58,7 +60,7 @@ impl Exchange {
     }
 
     /// Removes and returns every request still waiting.
-    pub fn take_pending(&self) -> Vec<RequestId> {
+    pub fn take_pending(&self) -> Vec<Request> {
         self.pending.lock().unwrap().drain(..).map(|p| p.request).collect()
     }
 

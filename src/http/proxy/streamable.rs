@@ -7,17 +7,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 
 use super::jsonrpc::{self, Peeked};
 use super::relay::{self, Tracked};
-use super::{
-    downstream_headers, is_event_stream, peer, read_body, unavailable, upstream_headers, upstream_uri, ProxyError,
-};
+use super::{body, cause, headers, peer, ProxyError};
 use crate::http::AppState;
-use crate::state::Status;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -41,9 +38,12 @@ async fn relay_mcp(
     let proxy = &state.proxy;
     let (parts, body) = request.into_parts();
     let (body, peeked) = if parts.method == Method::POST {
-        match read_body(&parts.headers, body).await {
+        match body::read(&parts.headers, body).await {
             Ok(bytes) => {
-                let peeked = jsonrpc::peek(&bytes);
+                let peeked = jsonrpc::peek(&bytes).unwrap_or_else(|e| {
+                    tracing::debug!(workspace = %name, "passing on a body the proxy cannot follow: {e}");
+                    Peeked::default()
+                });
                 (Body::from(bytes), peeked)
             }
             Err(response) => return response,
@@ -52,35 +52,13 @@ async fn relay_mcp(
         (body, Peeked::default())
     };
 
-    let Some(record) = proxy.bus.view().get(&name) else {
-        return ProxyError::unknown(&name).reply(&peeked);
+    let run = match proxy.route(&name, "streamable-http") {
+        Ok((_, run)) => run,
+        Err(error) => return error.reply(&peeked),
     };
-    match record.status.transport {
-        "sse" => {
-            return ProxyError::wrong_transport(&name, "sse", &format!("use /workspaces/{name}/sse")).reply(&peeked)
-        }
-        "stdio" => {
-            return ProxyError::wrong_transport(&name, "stdio", "stdio children are not bridged yet").reply(&peeked)
-        }
-        _ => {}
-    }
-    let (Some(run), Some(port), Some(target)) =
-        (proxy.run(&name), record.status.port, record.status.upstream.as_deref())
-    else {
-        let record = proxy.bus.view().get(&name).unwrap_or(record);
-        return unavailable(&name, &record).reply(&peeked);
-    };
-    if record.status.status != Status::Running {
-        return unavailable(&name, &record).reply(&peeked);
-    }
-    let path =
-        target.find("://").and_then(|i| target[i + 3..].find('/').map(|j| &target[i + 3 + j..])).unwrap_or("/mcp");
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
-    };
-    let Some(uri) = upstream_uri(port, &path_and_query) else {
-        return ProxyError::unknown(&name).reply(&peeked);
+    let uri = match run.upstream.endpoint(parts.uri.query()) {
+        Ok(uri) => uri,
+        Err(e) => return ProxyError::invalid(StatusCode::BAD_REQUEST, format!("query string: {e}")).reply(&peeked),
     };
 
     let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -94,22 +72,19 @@ async fn relay_mcp(
     let mut upstream = axum::http::Request::new(body);
     *upstream.method_mut() = parts.method.clone();
     *upstream.uri_mut() = uri;
-    *upstream.headers_mut() = upstream_headers(&parts.headers, port, state.token.is_some());
+    *upstream.headers_mut() = headers::upstream(&parts.headers, &run.upstream.host, state.token.is_some());
 
     let timeout = (!peeked.requests.is_empty()).then_some(proxy.request_timeout);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let response = tokio::select! {
         biased;
         response = proxy.client.request(upstream) => response,
-        _ = run.cancelled() => return proxy.broken(&name, &run, "the child exited").await.reply(&peeked),
+        _ = run.ended.cancelled() => return proxy.broken(&name, &run, "the child exited").await.reply(&peeked),
         _ = relay::sleep_until(deadline) => return proxy.timed_out(&name).reply(&peeked),
     };
     let response = match response {
         Ok(response) => response,
-        Err(e) => {
-            let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-            return proxy.broken(&name, &run, &detail).await.reply(&peeked);
-        }
+        Err(e) => return proxy.broken(&name, &run, &cause(&e)).await.reply(&peeked),
     };
 
     let (mut parts_out, incoming) = response.into_parts();
@@ -122,8 +97,8 @@ async fn relay_mcp(
             proxy.connections.end_session(&name, session);
         }
     }
-    downstream_headers(&mut parts_out.headers);
-    let body = if is_event_stream(&parts_out.headers) {
+    headers::downstream(&mut parts_out.headers);
+    let body = if headers::is_event_stream(&parts_out.headers) {
         parts_out.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         relay::sse_body(proxy.clone(), name, incoming, run, registration, remaining)
