@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +13,7 @@ use serde_json::json;
 
 use futures::StreamExt;
 
+use super::error::Query;
 use super::{sse, ApiError, AppState};
 use crate::sse::Frame;
 use crate::state::{WorkspaceRecord, WorkspaceStatus};

@@ -1,5 +1,5 @@
-//! The HTTP surface of DESIGN §6: API, SSE streams, debug state, MCP proxy,
-//! dashboard.
+//! The HTTP surface of docs/reference.md §6: API, SSE streams, debug state,
+//! MCP proxy, dashboard.
 //!
 //! Every handler answers from snapshots ([`crate::state::StateView`]) or
 //! queues a command to an actor without waiting on it: no handler awaits a
@@ -8,7 +8,7 @@
 mod api;
 mod dashboard;
 mod debug;
-mod error;
+pub(crate) mod error;
 mod guard;
 pub mod proxy;
 pub(crate) mod sse;
@@ -44,7 +44,9 @@ pub struct AppState {
     pub proxy: Arc<proxy::Proxy>,
 }
 
-/// Builds the router over `state`; tests drive it with `oneshot`.
+/// Builds the router over `state`; tests drive it with `oneshot`. Every
+/// request passes [`guard::check`]; every error answer is JSON
+/// ([`error::json_errors`]).
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
@@ -64,5 +66,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(dashboard::page))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::http::{header, HeaderName};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::error::Query;
 use super::{ApiError, AppState};
 use crate::state::{Subscription, Timestamp};
 

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeSet;
 
+use axum::http::response::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+
+use crate::http::error::Relayed;
 
 /// Hop-by-hop headers and those the proxy sets itself.
 fn hop_by_hop(name: &HeaderName) -> bool {
@@ -50,8 +53,11 @@ pub fn upstream(incoming: &HeaderMap, host: &HeaderValue, strip_authorization: b
     out
 }
 
-/// Drops hop-by-hop headers from a child's response.
-pub fn downstream(headers: &mut HeaderMap) {
+/// Readies a child's response to be passed on: drops its hop-by-hop headers
+/// and marks it [`Relayed`], so its errors reach the client as the child
+/// wrote them.
+pub fn downstream(parts: &mut Parts) {
+    let headers = &mut parts.headers;
     for name in named_by_connection(headers) {
         headers.remove(name.as_str());
     }
@@ -60,6 +66,7 @@ pub fn downstream(headers: &mut HeaderMap) {
     for name in drop {
         headers.remove(name);
     }
+    parts.extensions.insert(Relayed);
 }
 
 pub fn is_event_stream(headers: &HeaderMap) -> bool {

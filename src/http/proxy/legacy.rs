@@ -98,7 +98,7 @@ pub async fn sse(
         Err(e) => return proxy.broken(&name, &run, &cause(&e)).await.reply(&none),
     };
     let (mut parts, incoming) = response.into_parts();
-    headers::downstream(&mut parts.headers);
+    headers::downstream(&mut parts);
     let registration = proxy.connections.open(&name, "sse", "sse", None, peer(connect));
     if !parts.status.is_success() || !headers::is_event_stream(&parts.headers) {
         return Response::from_parts(parts, Body::new(Tracked::new(incoming, registration)));
@@ -249,7 +249,7 @@ impl LegacyRelay {
         let key = (name.clone(), query.clone());
         let legacy = Arc::new(LegacySession { target, exchange: exchange.clone() });
         self.proxy.sessions.open.lock().unwrap().insert(key.clone(), legacy);
-        self.proxy.connections.touch_session(name, &query, "sse");
+        self.proxy.connections.create_session(name, &query, "sse");
         exchange.set_session(&query);
         self.session.key = Some(key);
     }
@@ -298,7 +298,7 @@ async fn relay_message(
         Ok(target) => target,
         Err(e) => return ProxyError::invalid(StatusCode::BAD_REQUEST, format!("query string: {e}")).reply(&peeked),
     };
-    proxy.connections.touch_session(&name, &query, "sse");
+    proxy.connections.touch_session(&name, &query);
     // Registered before sending: the answer may reach the stream before the 202.
     if let Some(session) = &session {
         session.exchange.add_pending(&peeked.requests);
@@ -333,7 +333,7 @@ async fn relay_message(
                 forget(&session);
             }
             let (mut parts, incoming) = response.into_parts();
-            headers::downstream(&mut parts.headers);
+            headers::downstream(&mut parts);
             Response::from_parts(parts, Body::new(Tracked::new(incoming, registration)))
         }
         Err(e) => {

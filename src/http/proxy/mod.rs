@@ -56,7 +56,8 @@ const EXIT_GRACE: Duration = Duration::from_millis(20);
 type HttpClient = Client<HttpConnector, Body>;
 
 /// Runs one proxied request, counting it in `mcpvisor_proxy_requests_total`
-/// by status and timing it to the response headers.
+/// by status and timing it to the response headers, when the workspace
+/// exists.
 async fn counted(
     state: &crate::http::AppState,
     workspace: &str,
@@ -64,7 +65,11 @@ async fn counted(
 ) -> Response {
     let started = tokio::time::Instant::now();
     let response = relay.await;
-    state.ctx.metrics.proxy_request(workspace, response.status().as_u16(), started.elapsed());
+    // Only workspaces that exist: a label per name a client makes up would
+    // grow the metrics without bound.
+    if state.ctx.bus.view().get(workspace).is_some() {
+        state.ctx.metrics.proxy_request(workspace, response.status().as_u16(), started.elapsed());
+    }
     response
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 
@@ -17,6 +17,35 @@ use super::{body, cause, headers, peer, ProxyError};
 use crate::http::AppState;
 
 const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Longest `Mcp-Session-Id` passed on, bytes. The MCP spec bounds only its
+/// characters (visible ASCII, 0x21 to 0x7E); a UUID or a hash is far
+/// shorter, and a JWT fits.
+pub const MAX_SESSION_ID: usize = 1024;
+
+/// Whether `id` can be an `Mcp-Session-Id`: 1 to [`MAX_SESSION_ID`] visible
+/// ASCII characters.
+fn valid_session_id(id: &[u8]) -> bool {
+    (1..=MAX_SESSION_ID).contains(&id.len()) && id.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// The client's `Mcp-Session-Id`, if it sent one.
+///
+/// # Errors
+/// More than one, or one that is not a valid id.
+fn client_session(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
+    let mut values = headers.get_all(SESSION_HEADER).iter();
+    let refuse = |message: String| Err(ProxyError::invalid(StatusCode::BAD_REQUEST, message));
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => refuse("more than one mcp-session-id header".to_string()),
+        (Some(value), None) if valid_session_id(value.as_bytes()) => Ok(value.to_str().ok()),
+        (Some(value), None) => refuse(format!(
+            "mcp-session-id must be 1 to {MAX_SESSION_ID} visible ASCII characters; got {} bytes",
+            value.len()
+        )),
+    }
+}
 
 /// Relays one request to the child of workspace `name`, counting it in
 /// `mcpvisor_proxy_requests_total` and timing it to the response headers.
@@ -52,6 +81,10 @@ async fn relay_mcp(
         (body, Peeked::default())
     };
 
+    let session = match client_session(&parts.headers) {
+        Ok(session) => session.map(str::to_string),
+        Err(error) => return error.reply(&peeked),
+    };
     let run = match proxy.route(&name, "streamable-http") {
         Ok((_, run)) => run,
         Err(error) => return error.reply(&peeked),
@@ -61,9 +94,8 @@ async fn relay_mcp(
         Err(e) => return ProxyError::invalid(StatusCode::BAD_REQUEST, format!("query string: {e}")).reply(&peeked),
     };
 
-    let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(session) = &session {
-        proxy.connections.touch_session(&name, session, "streamable-http");
+        proxy.connections.touch_session(&name, session);
     }
     let registration =
         proxy.connections.open(&name, "streamable-http", parts.method.as_str(), session.as_deref(), peer(connect));
@@ -88,8 +120,12 @@ async fn relay_mcp(
     };
 
     let (mut parts_out, incoming) = response.into_parts();
-    if let Some(issued) = parts_out.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
-        proxy.connections.touch_session(&name, issued, "streamable-http");
+    // A session exists once the child issues it in answer to an `initialize`.
+    let issued = parts_out.headers.get(SESSION_HEADER).map(|v| v.as_bytes()).filter(|id| valid_session_id(id));
+    if let Some(issued) = issued.and_then(|id| std::str::from_utf8(id).ok()) {
+        if parts_out.status.is_success() && peeked.requests.iter().any(|r| r.method == "initialize") {
+            proxy.connections.create_session(&name, issued, "streamable-http");
+        }
         registration.exchange.set_session(issued);
     }
     if parts.method == Method::DELETE && parts_out.status.is_success() {
@@ -97,7 +133,7 @@ async fn relay_mcp(
             proxy.connections.end_session(&name, session);
         }
     }
-    headers::downstream(&mut parts_out.headers);
+    headers::downstream(&mut parts_out);
     let body = if headers::is_event_stream(&parts_out.headers) {
         parts_out.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
