@@ -1,5 +1,5 @@
 //! The HTTP surface of docs/reference.md §6: API, SSE streams, debug state,
-//! MCP proxy, dashboard.
+//! MCP proxy, dashboard, and the server under them ([`server`]).
 //!
 //! Every handler answers from snapshots ([`crate::state::StateView`]) or
 //! queues a command to an actor without waiting on it: no handler awaits a
@@ -10,7 +10,9 @@ mod dashboard;
 mod debug;
 pub(crate) mod error;
 mod guard;
+mod holding;
 pub mod proxy;
+mod server;
 pub(crate) mod sse;
 
 use std::sync::atomic::AtomicBool;
@@ -21,6 +23,7 @@ use axum::Router;
 
 pub use api::WorkspaceList;
 pub use error::ApiError;
+pub use server::{serve, ServerLimits};
 pub use sse::Subscribers;
 
 use crate::resources::ResourceView;

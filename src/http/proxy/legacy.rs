@@ -29,8 +29,9 @@ use http_body_util::BodyExt;
 
 use super::connections::{Exchange, Registration};
 use super::jsonrpc::{self, Peeked};
-use super::relay::{error_events, note_answer, Tracked};
+use super::relay::{error_events, note_answer};
 use super::{body, cause, headers, peer, Proxy, ProxyError, Run};
+use crate::http::holding::Holding;
 use crate::http::sse::KEEP_ALIVE_EVERY;
 use crate::http::AppState;
 use crate::sse::{Event, Frame, Parser, KEEP_ALIVE};
@@ -101,7 +102,7 @@ pub async fn sse(
     headers::downstream(&mut parts);
     let registration = proxy.connections.open(&name, "sse", "sse", None, peer(connect));
     if !parts.status.is_success() || !headers::is_event_stream(&parts.headers) {
-        return Response::from_parts(parts, Body::new(Tracked::new(incoming, registration)));
+        return Response::from_parts(parts, Body::new(Holding::new(incoming, registration)));
     }
     parts.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let relay = LegacyRelay {
@@ -334,7 +335,7 @@ async fn relay_message(
             }
             let (mut parts, incoming) = response.into_parts();
             headers::downstream(&mut parts);
-            Response::from_parts(parts, Body::new(Tracked::new(incoming, registration)))
+            Response::from_parts(parts, Body::new(Holding::new(incoming, registration)))
         }
         Err(e) => {
             forget(&session);

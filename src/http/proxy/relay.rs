@@ -2,52 +2,19 @@
 //! buffered, while the proxy watches for the child going away.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::connections::{Exchange, Registration};
-use super::{jsonrpc, Proxy, ProxyError, Run};
-use crate::sse::{Event, Parser};
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-/// A body that keeps its exchange listed until it is done or dropped.
-pub struct Tracked<B> {
-    inner: B,
-    _registration: Registration,
-}
-
-impl<B> Tracked<B> {
-    pub fn new(inner: B, registration: Registration) -> Tracked<B> {
-        Tracked { inner, _registration: registration }
-    }
-}
-
-impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+use super::connections::{Exchange, Registration};
+use super::{jsonrpc, Proxy, ProxyError, Run};
+use crate::sse::{Event, Parser};
 
 /// Marks the request that `event` answers, if it is an answer.
 pub fn note_answer(exchange: &Exchange, event: &Event) {

@@ -12,8 +12,9 @@ use axum::response::Response;
 use axum::Extension;
 
 use super::jsonrpc::{self, Peeked};
-use super::relay::{self, Tracked};
+use super::relay;
 use super::{body, cause, headers, peer, ProxyError};
+use crate::http::holding::Holding;
 use crate::http::AppState;
 
 const SESSION_HEADER: &str = "mcp-session-id";
@@ -139,7 +140,7 @@ async fn relay_mcp(
         let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         relay::sse_body(proxy.clone(), name, incoming, run, registration, remaining)
     } else {
-        Body::new(Tracked::new(incoming, registration))
+        Body::new(Holding::new(incoming, registration))
     };
     Response::from_parts(parts_out, body)
 }
