@@ -81,6 +81,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, 
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let rejecting = Arc::new(Semaphore::new(MAX_REJECTING));
     let mut connections = JoinSet::new();
+    // Each kind of trouble is logged once per streak, not once per connection.
+    let (mut refusing, mut failing) = (false, false);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -88,22 +90,29 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, 
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!("accepting connections: {e}; retrying every 100 ms");
+                    }
                     // Out of file descriptors, most likely: wait for some to close.
-                    tracing::warn!("accepting a connection: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
+        failing = false;
         let _ = stream.set_nodelay(true);
         if let Ok(permit) = open.clone().try_acquire_owned() {
+            refusing = false;
             let connection = Connection { router: router.clone(), limits: limits.clone(), peer };
             connections.spawn(connection.run(stream, permit, shutdown.clone()));
-        } else if let Ok(permit) = rejecting.clone().try_acquire_owned() {
-            tracing::warn!(%peer, limit = limits.max_connections, "too many connections: answering 503");
-            connections.spawn(reject(stream, limits.header_read_timeout, permit));
-        } else {
-            tracing::warn!(%peer, limit = limits.max_connections, "too many connections: dropping one");
+            continue;
+        }
+        if !std::mem::replace(&mut refusing, true) {
+            tracing::warn!(limit = limits.max_connections, "too many connections: refusing new ones until some close");
+        }
+        match rejecting.clone().try_acquire_owned() {
+            Ok(permit) => drop(connections.spawn(reject(stream, limits.header_read_timeout, permit))),
+            Err(_) => tracing::debug!(%peer, "too many connections: dropping one unanswered"),
         }
     }
     drop(listener);
