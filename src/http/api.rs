@@ -1,4 +1,4 @@
-//! `/healthz`, `/readyz` and `/api/workspaces...` (DESIGN §6).
+//! `/healthz`, `/readyz` and `/api/workspaces...` (docs/reference.md §6).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -43,7 +43,7 @@ pub struct AppState {
     pub listen_host: String,
     /// Ends open SSE streams at shutdown so the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// The MCP reverse proxy (DESIGN §8).
+    /// The MCP reverse proxy (docs/reference.md §8).
     pub proxy: Arc<proxy::Proxy>,
 }
 

@@ -1,4 +1,4 @@
-//! Server-sent event streams of `workspace/statusChanged` (DESIGN §7).
+//! Server-sent event streams of `workspace/statusChanged` (docs/reference.md §7).
 //!
 //! One event per notification: `id: <seq>` and `data: <JSON>`, no `event:`
 //! line, so a browser `EventSource.onmessage` receives it. A keep-alive
