@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod resources;
+pub mod sse;
 pub mod state;
 pub mod supervisor;
 
@@ -56,6 +57,8 @@ pub struct ServeConfig {
     pub event_ring: usize,
     /// How long a proxied JSON-RPC request may wait on its child.
     pub proxy_timeout: Duration,
+    /// Timeouts and the connection limit of the HTTP server.
+    pub http: http::ServerLimits,
 }
 
 impl ServeConfig {
@@ -72,6 +75,7 @@ impl ServeConfig {
             sample_every: Duration::from_secs(2),
             event_ring: DEFAULT_RING_CAPACITY,
             proxy_timeout: http::proxy::DEFAULT_REQUEST_TIMEOUT,
+            http: http::ServerLimits::default(),
         }
     }
 }
@@ -210,18 +214,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         shutdown: shutdown.clone(),
         proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
     });
-    // Small writes (SSE events, proxied answers) go out at once: with Nagle's
-    // algorithm on, each would wait for the client's delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, http::router(app).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!("http server: {e}");
-        }
-    });
+    let server = tokio::spawn(http::serve(listener, http::router(app), config.http.clone(), shutdown.clone()));
     tracing::info!(%addr, workspaces = %workspaces_dir.display(), state = %state_dir.display(), "serving");
 
     // Only now, with the listener accepting, are workspaces read and spawned.

@@ -1,4 +1,4 @@
-//! The MCP proxy (DESIGN §8): real clients through `/workspaces/{name}/mcp`
+//! The MCP proxy (docs/reference.md §8): real clients through `/workspaces/{name}/mcp`
 //! and `/sse` to real children, and the promise never to hang.
 
 mod common;

@@ -1,17 +1,21 @@
-//! `/healthz`, `/readyz` and `/api/workspaces...` (DESIGN §6).
+//! `/healthz`, `/readyz` and `/api/workspaces...` (docs/reference.md §6).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use futures::StreamExt;
+
+use super::error::Query;
+use super::{sse, ApiError, AppState};
+use crate::sse::Frame;
 use crate::state::{WorkspaceRecord, WorkspaceStatus};
 use crate::supervisor::actor::{Command, SendError};
 
@@ -39,9 +43,10 @@ pub fn render(state: &AppState, record: &WorkspaceRecord, now: SystemTime) -> Wo
     status
 }
 
-#[derive(serde::Serialize)]
+/// `GET /api/workspaces`: every workspace's status, sorted by name.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct WorkspaceList {
-    workspaces: Vec<WorkspaceStatus>,
+    pub workspaces: Vec<WorkspaceStatus>,
 }
 
 /// `GET /api/workspaces`, sorted by name (the snapshot is a `BTreeMap`).
@@ -131,7 +136,6 @@ pub async fn logs(
     if !query.follow {
         return Ok(Json(json!({ "lines": entry.logs.tail(n) })).into_response());
     }
-    use axum::response::sse::{Event, KeepAlive, Sse};
     let live = entry.logs.follow();
     let backlog = futures::stream::iter(entry.logs.tail(n));
     let live = futures::stream::unfold(live, |mut live| async move {
@@ -143,15 +147,8 @@ pub async fn logs(
             }
         }
     });
-    use futures::StreamExt;
-    let shutdown = state.shutdown.clone();
-    let events = backlog
-        .chain(live)
-        .map(|line| {
-            Ok::<_, std::convert::Infallible>(Event::default().data(serde_json::to_string(&line).unwrap_or_default()))
-        })
-        .take_until(shutdown.cancelled_owned());
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(crate::http::sse::KEEP_ALIVE)).into_response())
+    let frames = backlog.chain(live).map(|line| Frame::new(&serde_json::to_string(&line).unwrap_or_default()).encode());
+    Ok(sse::response(frames, state.shutdown.clone()))
 }
 
 pub async fn not_found() -> ApiError {

@@ -1,4 +1,9 @@
-//! `/api/debug/state[/{component}]` (DESIGN §6). Never shows env values.
+//! `/api/debug/state[/{component}]` (docs/reference.md §6). Never shows env
+//! values.
+//!
+//! The `connections` component lists pages: `?limit=` (default 100, at most
+//! 1000) items of each list from `?offset=` (default 0), with each list's
+//! `total`, so its size never depends on how many clients there are.
 
 use std::sync::Arc;
 
@@ -6,23 +11,46 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::error::Query;
 use super::AppState;
 
 /// The components, in the order `/api/debug/state` shows them.
 pub const COMPONENTS: [&str; 4] = ["workspace", "connections", "resources", "errors"];
 
-pub async fn all(State(state): State<Arc<AppState>>) -> Json<Value> {
+/// Most items of a list on one page.
+const MAX_LIMIT: usize = 1000;
+
+/// Which part of the `connections` lists to show.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct Page {
+    limit: usize,
+    offset: usize,
+}
+
+impl Default for Page {
+    fn default() -> Page {
+        Page { limit: 100, offset: 0 }
+    }
+}
+
+pub async fn all(State(state): State<Arc<AppState>>, Query(page): Query<Page>) -> Json<Value> {
     let mut out = serde_json::Map::new();
     for name in COMPONENTS {
-        out.insert(name.to_string(), render(&state, name).expect("known component"));
+        out.insert(name.to_string(), render(&state, name, page).expect("known component"));
     }
     Json(Value::Object(out))
 }
 
-pub async fn component(State(state): State<Arc<AppState>>, Path(component): Path<String>) -> Response {
-    match render(&state, &component) {
+pub async fn component(
+    State(state): State<Arc<AppState>>,
+    Path(component): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
+    match render(&state, &component, page) {
         Some(value) => Json(value).into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -32,7 +60,7 @@ pub async fn component(State(state): State<Arc<AppState>>, Path(component): Path
     }
 }
 
-fn render(state: &AppState, component: &str) -> Option<Value> {
+fn render(state: &AppState, component: &str, page: Page) -> Option<Value> {
     let snapshot = state.ctx.bus.view().load();
     let records = snapshot.workspaces.values();
     Some(match component {
@@ -58,11 +86,19 @@ fn render(state: &AppState, component: &str) -> Option<Value> {
                 .collect(),
         ),
         "connections" => {
-            let (sessions, streams) = state.proxy.connections.render();
+            let (offset, limit) = (page.offset, page.limit.min(MAX_LIMIT));
+            let subscribers = state.subscribers.list();
+            let n_subscribers = subscribers.len();
+            let subscribers: Vec<_> = subscribers.into_iter().skip(offset).take(limit).collect();
+            let sessions = state.proxy.connections.sessions(offset, limit);
+            let streams = state.proxy.connections.streams(offset, limit);
             json!({
-                "subscribers": state.subscribers.list(),
-                "proxySessions": sessions,
-                "proxyStreams": streams,
+                "subscribers": subscribers,
+                "proxySessions": sessions.items,
+                "proxyStreams": streams.items,
+                "total": {"subscribers": n_subscribers, "proxySessions": sessions.total, "proxyStreams": streams.total},
+                "offset": offset,
+                "limit": limit,
             })
         }
         "resources" => {

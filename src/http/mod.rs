@@ -1,5 +1,5 @@
-//! The HTTP surface of DESIGN §6: API, SSE streams, debug state, MCP proxy,
-//! dashboard.
+//! The HTTP surface of docs/reference.md §6: API, SSE streams, debug state,
+//! MCP proxy, dashboard, and the server under them ([`server`]).
 //!
 //! Every handler answers from snapshots ([`crate::state::StateView`]) or
 //! queues a command to an actor without waiting on it: no handler awaits a
@@ -8,9 +8,11 @@
 mod api;
 mod dashboard;
 mod debug;
-mod error;
+pub(crate) mod error;
 mod guard;
+mod holding;
 pub mod proxy;
+mod server;
 pub(crate) mod sse;
 
 use std::sync::atomic::AtomicBool;
@@ -19,7 +21,9 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use api::WorkspaceList;
 pub use error::ApiError;
+pub use server::{serve, ServerLimits};
 pub use sse::Subscribers;
 
 use crate::resources::ResourceView;
@@ -39,11 +43,13 @@ pub struct AppState {
     pub listen_host: String,
     /// Ends open SSE streams at shutdown so the server can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// The MCP reverse proxy (DESIGN §8).
+    /// The MCP reverse proxy (docs/reference.md §8).
     pub proxy: Arc<proxy::Proxy>,
 }
 
-/// Builds the router over `state`; tests drive it with `oneshot`.
+/// Builds the router over `state`; tests drive it with `oneshot`. Every
+/// request passes [`guard::check`]; every error answer is JSON
+/// ([`error::json_errors`]).
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
@@ -63,5 +69,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(dashboard::page))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check))
+        .layer(axum::middleware::from_fn(error::json_errors))
         .with_state(state)
 }

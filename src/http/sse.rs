@@ -1,4 +1,4 @@
-//! Server-sent event streams of `workspace/statusChanged` (DESIGN §7).
+//! Server-sent event streams of `workspace/statusChanged` (docs/reference.md §7).
 //!
 //! One event per notification: `id: <seq>` and `data: <JSON>`, no `event:`
 //! line, so a browser `EventSource.onmessage` receives it. A keep-alive
@@ -12,20 +12,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::http::{header, HeaderName};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::error::Query;
 use super::{ApiError, AppState};
 use crate::state::{Subscription, Timestamp};
 
 /// Idle streams get a comment line this often.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(15);
 
 /// One open SSE stream, as `/api/debug/state/connections` shows it.
 #[derive(Debug, Serialize)]
@@ -99,9 +100,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     headers.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
 }
 
-/// An SSE response over `subscription`: each event's shared frame as is,
-/// and a comment line every [`KEEP_ALIVE`]. The keep-alive is one fixed
-/// interval per stream, so an event costs no timer work.
+/// An SSE response over `subscription`: each event's shared frame as is.
 fn stream(state: &AppState, subscription: Subscription, registration: Registration) -> Response {
     let events = futures::stream::unfold((subscription, registration), |(mut subscription, registration)| async move {
         let event = subscription.next().await?;
@@ -109,12 +108,22 @@ fn stream(state: &AppState, subscription: Subscription, registration: Registrati
         registration.info.last_activity.store(now_ms(), Ordering::Relaxed);
         Some((event.frame.clone(), (subscription, registration)))
     });
-    let start = tokio::time::Instant::now() + KEEP_ALIVE;
-    let keep_alive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(start, KEEP_ALIVE))
-        .map(|_| Bytes::from_static(b":keep-alive\n\n"));
-    let frames = futures::stream::select(events, keep_alive)
-        .take_until(state.shutdown.clone().cancelled_owned())
-        .map(Ok::<_, Infallible>);
+    response(events, state.shutdown.clone())
+}
+
+/// An SSE response of `frames` (each one or more encoded events), with a
+/// comment line every [`KEEP_ALIVE_EVERY`], ended at `shutdown`. The
+/// keep-alive is one fixed interval per stream, so an event costs no timer
+/// work.
+pub(crate) fn response(
+    frames: impl Stream<Item = Bytes> + Send + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Response {
+    let start = tokio::time::Instant::now() + KEEP_ALIVE_EVERY;
+    let keep_alive = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(start, KEEP_ALIVE_EVERY))
+        .map(|_| crate::sse::KEEP_ALIVE);
+    let frames =
+        futures::stream::select(frames, keep_alive).take_until(shutdown.cancelled_owned()).map(Ok::<_, Infallible>);
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use super::status::{Status, Timestamp, WorkspaceRecord};
+use serde::{Deserialize, Serialize};
+
+use super::status::{BreakerState, Health, Status, Timestamp, WorkspaceRecord};
 use super::view::StateView;
 
 /// How many past events are kept for replay.
@@ -138,28 +140,44 @@ impl EventBus {
     }
 }
 
+/// The params of a `workspace/statusChanged` notification
+/// (docs/reference.md §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusChange {
+    pub workspace: String,
+    pub status: Status,
+    pub previous: Option<Status>,
+    pub health: Health,
+    pub reason: String,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub restart_count: u32,
+    pub breaker: BreakerState,
+    pub timestamp: Timestamp,
+    pub seq: u64,
+}
+
+/// The method of every status notification.
+pub const STATUS_CHANGED: &str = "workspace/statusChanged";
+
 fn notification(record: &WorkspaceRecord, previous: Option<Status>, reason: &str, seq: u64) -> Event {
     let s = &record.status;
-    let json = json!({
-        "jsonrpc": "2.0",
-        "method": "workspace/statusChanged",
-        "params": {
-            "workspace": s.workspace,
-            "status": s.status,
-            "previous": previous,
-            "health": s.health,
-            "reason": reason,
-            "pid": s.pid,
-            "port": s.port,
-            "restartCount": s.restart_count,
-            "breaker": s.breaker.state,
-            "timestamp": Timestamp::now(),
-            "seq": seq,
-        }
-    });
-    let json = json.to_string();
-    // serde_json never emits a raw newline, so the JSON is one `data:` line.
-    let frame = bytes::Bytes::from(format!("id: {seq}\ndata: {json}\n\n"));
+    let change = StatusChange {
+        workspace: s.workspace.clone(),
+        status: s.status,
+        previous,
+        health: s.health,
+        reason: reason.to_string(),
+        pid: s.pid,
+        port: s.port,
+        restart_count: s.restart_count,
+        breaker: s.breaker.state,
+        timestamp: Timestamp::now(),
+        seq,
+    };
+    let json = json!({"jsonrpc": "2.0", "method": STATUS_CHANGED, "params": change}).to_string();
+    let frame = crate::sse::Frame::new(&json).id(&seq.to_string()).encode();
     Event { seq, workspace: s.workspace.clone(), json, frame }
 }
 

@@ -15,7 +15,7 @@ mod resources;
 mod status;
 mod view;
 
-pub use events::{Event, EventBus, Subscription, DEFAULT_RING_CAPACITY};
+pub use events::{Event, EventBus, StatusChange, Subscription, DEFAULT_RING_CAPACITY, STATUS_CHANGED};
 pub use resources::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources};
 pub use status::{
     BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, Timestamp, WorkspaceRecord, WorkspaceStatus,

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::resources::Resources;
 use crate::config::FileError;
@@ -12,7 +12,7 @@ use crate::config::FileError;
 ///
 /// `stopped -> starting -> running -> stopping -> stopped`;
 /// `starting | running -> error -> starting` after backoff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
     Stopped,
@@ -43,7 +43,7 @@ impl fmt::Display for Status {
 }
 
 /// Result of the MCP-level probes of a running child.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Health {
     Healthy,
@@ -53,7 +53,7 @@ pub enum Health {
 }
 
 /// Circuit breaker position (DESIGN §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BreakerState {
     Closed,
@@ -83,8 +83,28 @@ impl Serialize for Timestamp {
     }
 }
 
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&text).map(Timestamp).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A transport's name: `streamable-http`, `sse` or `stdio`. An alias, so
+/// that serde reads it with [`transport_name`] instead of borrowing it.
+pub type TransportName = &'static str;
+
+/// Reads a transport name back into the `&'static str` the status holds.
+fn transport_name<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    ["streamable-http", "sse", "stdio"]
+        .into_iter()
+        .find(|known| *known == name)
+        .ok_or_else(|| serde::de::Error::unknown_variant(&name, &["streamable-http", "sse", "stdio"]))
+}
+
 /// The breaker as shown in a WorkspaceStatus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerStatus {
     pub state: BreakerState,
@@ -93,7 +113,7 @@ pub struct BreakerStatus {
 }
 
 /// Where clients reach the workspace through mcpvisor (DESIGN §8).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyPaths {
     pub mcp: String,
     pub sse: String,
@@ -103,7 +123,7 @@ pub struct ProxyPaths {
 ///
 /// Shown as `lastError` (DESIGN §5) and kept, ten per workspace, as its
 /// error history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorRecord {
     pub message: String,
@@ -116,7 +136,7 @@ pub struct ErrorRecord {
 }
 
 /// The public status of one workspace: `GET /api/workspaces/{name}` (DESIGN §5).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceStatus {
     pub workspace: String,
@@ -125,7 +145,8 @@ pub struct WorkspaceStatus {
     pub enabled: bool,
     pub pid: Option<u32>,
     pub port: Option<u16>,
-    pub transport: &'static str,
+    #[serde(deserialize_with = "transport_name")]
+    pub transport: TransportName,
     /// How the child's tree is held together; `None` before the first spawn.
     pub isolation: Option<super::resources::Isolation>,
     pub upstream: Option<String>,
@@ -137,6 +158,9 @@ pub struct WorkspaceStatus {
     pub restart_count: u32,
     pub breaker: BreakerStatus,
     pub last_error: Option<ErrorRecord>,
+    /// Not read back: `FileError` has no `Deserialize` yet (clients that
+    /// need it read the JSON).
+    #[serde(skip_deserializing)]
     pub config_error: Option<FileError>,
     pub config_version: Option<String>,
     pub resources: Option<Resources>,

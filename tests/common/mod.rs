@@ -87,13 +87,18 @@ impl Daemon {
 
     /// Writes workspace files into a new temp folder and starts a daemon on it.
     pub async fn start(files: &[(&str, Value)]) -> Daemon {
+        Daemon::start_with(files, |_| {}).await
+    }
+
+    /// Like [`Daemon::start`], with `configure` applied to the daemon's config.
+    pub async fn start_with(files: &[(&str, Value)], configure: impl FnOnce(&mut mcpvisor::ServeConfig)) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         std::fs::create_dir_all(root.join("workspaces")).unwrap();
         for (name, body) in files {
             write_file(&root.join("workspaces").join(format!("{name}.json")), body);
         }
-        let mut daemon = Daemon::start_at(&root, port_range()).await;
+        let mut daemon = Daemon::launch(&root, port_range(), "127.0.0.1:0", configure).await;
         daemon._dir = Some(dir);
         daemon
     }
@@ -105,12 +110,22 @@ impl Daemon {
 
     /// Like [`Daemon::start_at`], on a given listen address.
     pub async fn start_listening(root: &Path, range: (u16, u16), listen: &str) -> Daemon {
+        Daemon::launch(root, range, listen, |_| {}).await
+    }
+
+    async fn launch(
+        root: &Path,
+        range: (u16, u16),
+        listen: &str,
+        configure: impl FnOnce(&mut mcpvisor::ServeConfig),
+    ) -> Daemon {
         let mut config = mcpvisor::ServeConfig::new(root.join("workspaces"), root.join("state"));
         config.listen = listen.parse().unwrap();
         config.port_range = range.0..=range.1;
         config.mcpvisor_exe = MCPVISOR.into();
         config.rescan_every = Duration::from_millis(500);
         config.sample_every = Duration::from_millis(500);
+        configure(&mut config);
         let shutdown = CancellationToken::new();
         let running = mcpvisor::start(config, shutdown.clone()).await.expect("daemon starts");
         Daemon {

@@ -1,11 +1,17 @@
 //! The open proxied exchanges and sessions, for
-//! `/api/debug/state/connections` (DESIGN §6).
+//! `/api/debug/state/connections` (docs/reference.md §6).
 //!
 //! An exchange is one proxied HTTP request while its response is open: a
 //! POST awaiting its answer, a GET stream, a legacy SSE stream. It lists the
 //! JSON-RPC requests still waiting on the child. A session is an
-//! `Mcp-Session-Id` (or a legacy `session_id`) seen on a workspace; it ends
-//! with a DELETE or when the child that issued it goes away.
+//! `Mcp-Session-Id` that a child issued in answer to an `initialize` (or the
+//! `session_id` of a legacy endpoint); an id a client merely sends is never
+//! recorded. A session ends with a DELETE or when the child that issued it
+//! goes away.
+//!
+//! Both tables are bounded: exchanges by the connections the server allows,
+//! sessions by [`MAX_SESSIONS`] entries and [`MAX_SESSION_BYTES`] bytes, the
+//! least recently active evicted first.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,16 +19,23 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use super::jsonrpc::RequestId;
+use rmcp::model::RequestId;
+
+use super::jsonrpc::Request;
 use crate::state::Timestamp;
 
-/// Sessions kept per daemon; the least recently active go first.
-const MAX_SESSIONS: usize = 10_000;
+/// Most sessions kept per daemon.
+pub const MAX_SESSIONS: usize = 10_000;
+/// Most bytes of sessions kept per daemon: their ids and workspace names,
+/// plus [`SESSION_OVERHEAD`] each.
+pub const MAX_SESSION_BYTES: usize = 2 << 20;
+/// What one session costs besides its id and workspace name, about.
+const SESSION_OVERHEAD: usize = 96;
 
 /// A request waiting for its answer.
 #[derive(Debug, Clone)]
 pub struct Pending {
-    pub request: RequestId,
+    pub request: Request,
     pub started_at: Timestamp,
 }
 
@@ -42,14 +55,14 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn add_pending(&self, requests: &[RequestId]) {
+    pub fn add_pending(&self, requests: &[Request]) {
         let now = Timestamp::now();
         let mut pending = self.pending.lock().unwrap();
         pending.extend(requests.iter().map(|r| Pending { request: r.clone(), started_at: now }));
     }
 
     /// Marks the request with `id` answered.
-    pub fn answered(&self, id: &Value) {
+    pub fn answered(&self, id: &RequestId) {
         self.pending.lock().unwrap().retain(|p| &p.request.id != id);
     }
 
@@ -58,7 +71,7 @@ impl Exchange {
     }
 
     /// Removes and returns every request still waiting.
-    pub fn take_pending(&self) -> Vec<RequestId> {
+    pub fn take_pending(&self) -> Vec<Request> {
         self.pending.lock().unwrap().drain(..).map(|p| p.request).collect()
     }
 
@@ -91,12 +104,81 @@ struct Session {
     last_activity: Timestamp,
 }
 
+/// The known sessions by workspace and id, within their bounds.
+#[derive(Debug)]
+struct Sessions {
+    by_workspace: BTreeMap<String, BTreeMap<String, Session>>,
+    count: usize,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+fn cost(workspace: &str, id: &str) -> usize {
+    workspace.len() + id.len() + SESSION_OVERHEAD
+}
+
+impl Sessions {
+    fn get_mut(&mut self, workspace: &str, id: &str) -> Option<&mut Session> {
+        self.by_workspace.get_mut(workspace)?.get_mut(id)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str, &Session)> {
+        self.by_workspace.iter().flat_map(|(w, ids)| ids.iter().map(move |(id, s)| (w.as_str(), id.as_str(), s)))
+    }
+
+    /// Adds a session, first evicting the least recently active ones until
+    /// it fits. A linear scan: evictions are rare, since only a child's
+    /// `initialize` answer adds a session.
+    fn insert(&mut self, workspace: &str, id: &str, session: Session) {
+        if let Some(known) = self.get_mut(workspace, id) {
+            known.last_activity = session.last_activity;
+            return;
+        }
+        let needed = cost(workspace, id);
+        while self.count > 0 && (self.count >= self.max_entries || self.bytes + needed > self.max_bytes) {
+            let idlest =
+                self.iter().min_by_key(|(_, _, s)| s.last_activity).map(|(w, id, _)| (w.to_string(), id.to_string()));
+            if let Some((w, id)) = idlest {
+                self.remove(&w, &id);
+            }
+        }
+        self.count += 1;
+        self.bytes += needed;
+        self.by_workspace.entry(workspace.to_string()).or_default().insert(id.to_string(), session);
+    }
+
+    fn remove(&mut self, workspace: &str, id: &str) {
+        let Some(ids) = self.by_workspace.get_mut(workspace) else { return };
+        if ids.remove(id).is_some() {
+            self.count -= 1;
+            self.bytes -= cost(workspace, id);
+        }
+        if ids.is_empty() {
+            self.by_workspace.remove(workspace);
+        }
+    }
+
+    fn remove_workspace(&mut self, workspace: &str) {
+        for id in self.by_workspace.remove(workspace).unwrap_or_default().into_keys() {
+            self.count -= 1;
+            self.bytes -= cost(workspace, &id);
+        }
+    }
+}
+
 /// Every open exchange and known session.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Connections {
     next_id: AtomicU64,
     open: Mutex<BTreeMap<u64, Arc<Exchange>>>,
-    sessions: Mutex<BTreeMap<(String, String), Session>>,
+    sessions: Mutex<Sessions>,
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections::with_limits(MAX_SESSIONS, MAX_SESSION_BYTES)
+    }
 }
 
 /// Keeps its exchange listed until dropped (with the response body).
@@ -112,7 +194,29 @@ impl Drop for Registration {
     }
 }
 
+/// One page of a list, and how long the whole list is.
+#[derive(Debug)]
+pub struct Listed {
+    pub items: Vec<Value>,
+    pub total: usize,
+}
+
 impl Connections {
+    /// Keeps at most `max_entries` sessions of at most `max_bytes` in all.
+    pub fn with_limits(max_entries: usize, max_bytes: usize) -> Connections {
+        Connections {
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(Sessions {
+                by_workspace: BTreeMap::new(),
+                count: 0,
+                bytes: 0,
+                max_entries,
+                max_bytes,
+            }),
+        }
+    }
+
     /// Lists a new exchange until the returned registration is dropped.
     pub fn open(
         self: &Arc<Self>,
@@ -136,44 +240,51 @@ impl Connections {
         Registration { connections: self.clone(), exchange }
     }
 
-    /// Notes activity on a session, creating it when new.
-    pub fn touch_session(&self, workspace: &str, session: &str, transport: &'static str) {
+    /// Records a session that the child of `workspace` issued.
+    pub fn create_session(&self, workspace: &str, session: &str, transport: &'static str) {
         let now = Timestamp::now();
-        let mut sessions = self.sessions.lock().unwrap();
-        let key = (workspace.to_string(), session.to_string());
-        if let Some(s) = sessions.get_mut(&key) {
-            s.last_activity = now;
-            return;
+        self.sessions.lock().unwrap().insert(
+            workspace,
+            session,
+            Session { transport, created_at: now, last_activity: now },
+        );
+    }
+
+    /// Notes activity on a known session; an unknown one stays unknown.
+    pub fn touch_session(&self, workspace: &str, session: &str) {
+        if let Some(known) = self.sessions.lock().unwrap().get_mut(workspace, session) {
+            known.last_activity = Timestamp::now();
         }
-        if sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions.iter().min_by_key(|(_, s)| s.last_activity).map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                sessions.remove(&oldest);
-            }
-        }
-        sessions.insert(key, Session { transport, created_at: now, last_activity: now });
     }
 
     pub fn end_session(&self, workspace: &str, session: &str) {
-        self.sessions.lock().unwrap().remove(&(workspace.to_string(), session.to_string()));
+        self.sessions.lock().unwrap().remove(workspace, session);
     }
 
     /// Forgets every session of `workspace`: its child is gone.
     pub fn end_workspace(&self, workspace: &str) {
-        self.sessions.lock().unwrap().retain(|(w, _), _| w != workspace);
+        self.sessions.lock().unwrap().remove_workspace(workspace);
     }
 
-    /// `{"sessions": [...], "streams": [...]}`: sessions with their open
-    /// streams and pending requests, and every open exchange.
-    pub fn render(&self) -> (Value, Value) {
+    /// How many sessions are known, and how many bytes they count for.
+    pub fn session_usage(&self) -> (usize, usize) {
+        let sessions = self.sessions.lock().unwrap();
+        (sessions.count, sessions.bytes)
+    }
+
+    /// `limit` sessions from `offset`, each with its open streams and
+    /// pending requests.
+    pub fn sessions(&self, offset: usize, limit: usize) -> Listed {
         let open: Vec<Arc<Exchange>> = self.open.lock().unwrap().values().cloned().collect();
         let sessions = self.sessions.lock().unwrap();
-        let sessions: Vec<Value> = sessions
+        let items = sessions
             .iter()
-            .map(|((workspace, id), s)| {
+            .skip(offset)
+            .take(limit)
+            .map(|(workspace, id, s)| {
                 let mine: Vec<&Arc<Exchange>> = open
                     .iter()
-                    .filter(|e| &e.workspace == workspace && e.session.lock().unwrap().as_deref() == Some(id.as_str()))
+                    .filter(|e| e.workspace == workspace && e.session.lock().unwrap().as_deref() == Some(id))
                     .collect();
                 let pending: Vec<Value> =
                     mine.iter().flat_map(|e| render_pending(&e.pending.lock().unwrap())).collect();
@@ -188,7 +299,54 @@ impl Connections {
                 })
             })
             .collect();
-        let streams = open.iter().map(|e| e.render()).collect();
-        (Value::Array(sessions), Value::Array(streams))
+        Listed { items, total: sessions.count }
+    }
+
+    /// `limit` open exchanges from `offset`, oldest first.
+    pub fn streams(&self, offset: usize, limit: usize) -> Listed {
+        let open = self.open.lock().unwrap();
+        Listed { items: open.values().skip(offset).take(limit).map(|e| e.render()).collect(), total: open.len() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_stay_within_their_bounds_evicting_the_idlest() {
+        let connections = Connections::with_limits(3, 10 * SESSION_OVERHEAD);
+        for id in ["a", "b", "c"] {
+            connections.create_session("w", id, "streamable-http");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        connections.touch_session("w", "a");
+        connections.create_session("w", "d", "streamable-http");
+        let ids = |c: &Connections| -> Vec<String> {
+            c.sessions(0, 10).items.iter().map(|s| s["sessionId"].as_str().unwrap().to_string()).collect()
+        };
+        assert_eq!(ids(&connections), ["a", "c", "d"], "b was the idlest");
+
+        let big = "x".repeat(5 * SESSION_OVERHEAD);
+        connections.create_session("w", &big, "streamable-http");
+        let (n, bytes) = connections.session_usage();
+        assert!(bytes <= 10 * SESSION_OVERHEAD, "{n} sessions, {bytes} bytes");
+        assert!(ids(&connections).contains(&big));
+
+        connections.touch_session("w", "never-issued");
+        assert!(!ids(&connections).contains(&"never-issued".to_string()), "touching never creates");
+        connections.end_workspace("w");
+        assert_eq!(connections.session_usage(), (0, 0));
+    }
+
+    #[test]
+    fn lists_page_by_page_with_the_total() {
+        let connections = Connections::default();
+        for i in 0..25 {
+            connections.create_session("w", &format!("s{i:02}"), "sse");
+        }
+        let page = connections.sessions(20, 10);
+        assert_eq!((page.items.len(), page.total), (5, 25));
+        assert_eq!(page.items[0]["sessionId"], "s20");
     }
 }

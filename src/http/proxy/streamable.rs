@@ -7,19 +7,46 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 
 use super::jsonrpc::{self, Peeked};
-use super::relay::{self, Tracked};
-use super::{
-    downstream_headers, is_event_stream, peer, read_body, unavailable, upstream_headers, upstream_uri, ProxyError,
-};
+use super::relay;
+use super::{body, cause, headers, peer, ProxyError};
+use crate::http::holding::Holding;
 use crate::http::AppState;
-use crate::state::Status;
 
 const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Longest `Mcp-Session-Id` passed on, bytes. The MCP spec bounds only its
+/// characters (visible ASCII, 0x21 to 0x7E); a UUID or a hash is far
+/// shorter, and a JWT fits.
+pub const MAX_SESSION_ID: usize = 1024;
+
+/// Whether `id` can be an `Mcp-Session-Id`: 1 to [`MAX_SESSION_ID`] visible
+/// ASCII characters.
+fn valid_session_id(id: &[u8]) -> bool {
+    (1..=MAX_SESSION_ID).contains(&id.len()) && id.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// The client's `Mcp-Session-Id`, if it sent one.
+///
+/// # Errors
+/// More than one, or one that is not a valid id.
+fn client_session(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
+    let mut values = headers.get_all(SESSION_HEADER).iter();
+    let refuse = |message: String| Err(ProxyError::invalid(StatusCode::BAD_REQUEST, message));
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(_)) => refuse("more than one mcp-session-id header".to_string()),
+        (Some(value), None) if valid_session_id(value.as_bytes()) => Ok(value.to_str().ok()),
+        (Some(value), None) => refuse(format!(
+            "mcp-session-id must be 1 to {MAX_SESSION_ID} visible ASCII characters; got {} bytes",
+            value.len()
+        )),
+    }
+}
 
 /// Relays one request to the child of workspace `name`, counting it in
 /// `mcpvisor_proxy_requests_total` and timing it to the response headers.
@@ -41,9 +68,12 @@ async fn relay_mcp(
     let proxy = &state.proxy;
     let (parts, body) = request.into_parts();
     let (body, peeked) = if parts.method == Method::POST {
-        match read_body(&parts.headers, body).await {
+        match body::read(&parts.headers, body).await {
             Ok(bytes) => {
-                let peeked = jsonrpc::peek(&bytes);
+                let peeked = jsonrpc::peek(&bytes).unwrap_or_else(|e| {
+                    tracing::debug!(workspace = %name, "passing on a body the proxy cannot follow: {e}");
+                    Peeked::default()
+                });
                 (Body::from(bytes), peeked)
             }
             Err(response) => return response,
@@ -52,40 +82,21 @@ async fn relay_mcp(
         (body, Peeked::default())
     };
 
-    let Some(record) = proxy.bus.view().get(&name) else {
-        return ProxyError::unknown(&name).reply(&peeked);
+    let session = match client_session(&parts.headers) {
+        Ok(session) => session.map(str::to_string),
+        Err(error) => return error.reply(&peeked),
     };
-    match record.status.transport {
-        "sse" => {
-            return ProxyError::wrong_transport(&name, "sse", &format!("use /workspaces/{name}/sse")).reply(&peeked)
-        }
-        "stdio" => {
-            return ProxyError::wrong_transport(&name, "stdio", "stdio children are not bridged yet").reply(&peeked)
-        }
-        _ => {}
-    }
-    let (Some(run), Some(port), Some(target)) =
-        (proxy.run(&name), record.status.port, record.status.upstream.as_deref())
-    else {
-        let record = proxy.bus.view().get(&name).unwrap_or(record);
-        return unavailable(&name, &record).reply(&peeked);
+    let run = match proxy.route(&name, "streamable-http") {
+        Ok((_, run)) => run,
+        Err(error) => return error.reply(&peeked),
     };
-    if record.status.status != Status::Running {
-        return unavailable(&name, &record).reply(&peeked);
-    }
-    let path =
-        target.find("://").and_then(|i| target[i + 3..].find('/').map(|j| &target[i + 3 + j..])).unwrap_or("/mcp");
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
-    };
-    let Some(uri) = upstream_uri(port, &path_and_query) else {
-        return ProxyError::unknown(&name).reply(&peeked);
+    let uri = match run.upstream.endpoint(parts.uri.query()) {
+        Ok(uri) => uri,
+        Err(e) => return ProxyError::invalid(StatusCode::BAD_REQUEST, format!("query string: {e}")).reply(&peeked),
     };
 
-    let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(session) = &session {
-        proxy.connections.touch_session(&name, session, "streamable-http");
+        proxy.connections.touch_session(&name, session);
     }
     let registration =
         proxy.connections.open(&name, "streamable-http", parts.method.as_str(), session.as_deref(), peer(connect));
@@ -94,27 +105,28 @@ async fn relay_mcp(
     let mut upstream = axum::http::Request::new(body);
     *upstream.method_mut() = parts.method.clone();
     *upstream.uri_mut() = uri;
-    *upstream.headers_mut() = upstream_headers(&parts.headers, port, state.token.is_some());
+    *upstream.headers_mut() = headers::upstream(&parts.headers, &run.upstream.host, state.token.is_some());
 
     let timeout = (!peeked.requests.is_empty()).then_some(proxy.request_timeout);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let response = tokio::select! {
         biased;
         response = proxy.client.request(upstream) => response,
-        _ = run.cancelled() => return proxy.broken(&name, &run, "the child exited").await.reply(&peeked),
+        _ = run.ended.cancelled() => return proxy.broken(&name, &run, "the child exited").await.reply(&peeked),
         _ = relay::sleep_until(deadline) => return proxy.timed_out(&name).reply(&peeked),
     };
     let response = match response {
         Ok(response) => response,
-        Err(e) => {
-            let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-            return proxy.broken(&name, &run, &detail).await.reply(&peeked);
-        }
+        Err(e) => return proxy.broken(&name, &run, &cause(&e)).await.reply(&peeked),
     };
 
     let (mut parts_out, incoming) = response.into_parts();
-    if let Some(issued) = parts_out.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
-        proxy.connections.touch_session(&name, issued, "streamable-http");
+    // A session exists once the child issues it in answer to an `initialize`.
+    let issued = parts_out.headers.get(SESSION_HEADER).map(|v| v.as_bytes()).filter(|id| valid_session_id(id));
+    if let Some(issued) = issued.and_then(|id| std::str::from_utf8(id).ok()) {
+        if parts_out.status.is_success() && peeked.requests.iter().any(|r| r.method == "initialize") {
+            proxy.connections.create_session(&name, issued, "streamable-http");
+        }
         registration.exchange.set_session(issued);
     }
     if parts.method == Method::DELETE && parts_out.status.is_success() {
@@ -122,13 +134,13 @@ async fn relay_mcp(
             proxy.connections.end_session(&name, session);
         }
     }
-    downstream_headers(&mut parts_out.headers);
-    let body = if is_event_stream(&parts_out.headers) {
+    headers::downstream(&mut parts_out);
+    let body = if headers::is_event_stream(&parts_out.headers) {
         parts_out.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
         relay::sse_body(proxy.clone(), name, incoming, run, registration, remaining)
     } else {
-        Body::new(Tracked::new(incoming, registration))
+        Body::new(Holding::new(incoming, registration))
     };
     Response::from_parts(parts_out, body)
 }
