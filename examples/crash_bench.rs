@@ -10,7 +10,7 @@
 //! The mcpvisor workspaces set `restart.stableAfter: 1s` and a large
 //! `circuitBreaker.failureThreshold`, and each kill comes 1.3 s after the
 //! child answered: every crash is a "rare crash" after a stable run
-//! (DESIGN 5), and pm2's `min_uptime` (1 s) is also passed.
+//! (docs/reference.md §5), and pm2's `min_uptime` (1 s) is also passed.
 //! supervisord (PyPI) and pm2 (npm) are installed under /tmp/mcpvisor-bench.
 //!
 //! Reproduce (the release binary must be built first, it is `${MCPVISOR}`):

@@ -2,7 +2,7 @@
 //!
 //! [`serve`] runs the daemon: it binds the HTTP listener first, then
 //! reconciles `workspaces/*.json` into one supervised child per workspace.
-//! See ARCHITECTURE.md for the map and DESIGN.md for the contract.
+//! See ARCHITECTURE.md for the map and docs/reference.md for the contract.
 
 pub mod cli;
 pub mod config;
@@ -62,7 +62,7 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
-    /// The defaults of DESIGN §2 for the given folders.
+    /// The defaults of docs/reference.md §2 for the given folders.
     pub fn new(workspaces_dir: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> ServeConfig {
         ServeConfig {
             workspaces_dir: workspaces_dir.into(),
@@ -116,7 +116,7 @@ fn absolute(path: &Path, what: &'static str) -> Result<PathBuf, ServeError> {
 }
 
 /// Starts the daemon and returns once it listens: the HTTP server accepts
-/// before the first workspace is even read (DESIGN §1).
+/// before the first workspace is even read (docs/reference.md §1).
 ///
 /// # Errors
 /// The listen address is taken, the state folder is locked or unusable, or

@@ -1,4 +1,4 @@
-//! Stable port allocation, persisted in `state/ports.json` (DESIGN §4).
+//! Stable port allocation, persisted in `state/ports.json` (docs/reference.md §4).
 //!
 //! A workspace keeps its port across child and daemon restarts. A port that
 //! another process holds is skipped when allocating and re-allocated when

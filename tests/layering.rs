@@ -25,7 +25,7 @@ enum Rule {
 ///   what is done with them.
 /// - `metrics` renders what `state/` holds.
 /// - `resources` (the sampler) measures `process/` trees into `state/`.
-/// - `lock` stands alone.
+/// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
 const RULES: &[(&str, Rule)] = &[
     ("process", Rule::Forbid(&["supervisor", "http"])),
     ("state", Rule::Forbid(&["supervisor", "http", "process"])),
@@ -33,6 +33,7 @@ const RULES: &[(&str, Rule)] = &[
     ("metrics", Rule::Only(&["state"])),
     ("resources", Rule::Only(&["state", "process"])),
     ("lock", Rule::Only(&[])),
+    ("sse", Rule::Only(&[])),
 ];
 
 /// The top-level modules a line of Rust reaches through `crate::` paths,

@@ -1,5 +1,5 @@
 //! Turning a workspace config into a concrete launch: templates expanded,
-//! paths resolved, the exact child environment of DESIGN §3.
+//! paths resolved, the exact child environment of docs/reference.md §3.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -116,7 +116,7 @@ fn set_env(env: &mut Vec<(String, String)>, name: &str, value: String) {
     env.push((name.to_string(), value));
 }
 
-/// DESIGN §3: a command with a `/` resolves against `cwd`; a bare name is
+/// docs/reference.md §3: a command with a `/` resolves against `cwd`; a bare name is
 /// looked up in the child's `PATH`.
 fn resolve_program(command: &str, cwd: &Path, path_var: Option<&str>) -> Result<PathBuf, SpawnError> {
     let candidates: Vec<PathBuf> = if command.contains('/') {

@@ -1,6 +1,6 @@
 //! The event bus: `workspace/statusChanged` notifications with a daemon-wide
 //! sequence number, a ring buffer for `Last-Event-ID` replay, and fan-out to
-//! subscribers that never blocks the publisher (DESIGN §7).
+//! subscribers that never blocks the publisher (docs/reference.md §7).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! Status types and their JSON shapes (DESIGN §5).
+//! Status types and their JSON shapes (docs/reference.md §5).
 
 use std::fmt;
 use std::time::SystemTime;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::resources::Resources;
 use crate::config::FileError;
 
-/// Lifecycle of a workspace's child (DESIGN §5).
+/// Lifecycle of a workspace's child (docs/reference.md §5).
 ///
 /// `stopped -> starting -> running -> stopping -> stopped`;
 /// `starting | running -> error -> starting` after backoff.
@@ -52,7 +52,7 @@ pub enum Health {
     Unknown,
 }
 
-/// Circuit breaker position (DESIGN §5).
+/// Circuit breaker position (docs/reference.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BreakerState {
@@ -112,7 +112,7 @@ pub struct BreakerStatus {
     pub next_retry_at: Option<Timestamp>,
 }
 
-/// Where clients reach the workspace through mcpvisor (DESIGN §8).
+/// Where clients reach the workspace through mcpvisor (docs/reference.md §8).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyPaths {
     pub mcp: String,
@@ -121,7 +121,7 @@ pub struct ProxyPaths {
 
 /// One failure of a child: a failed start, an exit, a failed probe.
 ///
-/// Shown as `lastError` (DESIGN §5) and kept, ten per workspace, as its
+/// Shown as `lastError` (docs/reference.md §5) and kept, ten per workspace, as its
 /// error history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -135,7 +135,7 @@ pub struct ErrorRecord {
     pub stderr_tail: Vec<String>,
 }
 
-/// The public status of one workspace: `GET /api/workspaces/{name}` (DESIGN §5).
+/// The public status of one workspace: `GET /api/workspaces/{name}` (docs/reference.md §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkspaceStatus {

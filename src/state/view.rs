@@ -1,4 +1,4 @@
-//! The lock-free, copy-on-write view of every workspace (DESIGN §1).
+//! The lock-free, copy-on-write view of every workspace (docs/reference.md §1).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

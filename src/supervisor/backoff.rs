@@ -1,4 +1,4 @@
-//! Restart backoff (DESIGN §5).
+//! Restart backoff (docs/reference.md §5).
 //!
 //! The first restart after a stable run is immediate, so a rare crash costs
 //! only the child's own start. Each further consecutive failure waits

@@ -1,4 +1,4 @@
-//! The circuit breaker: closed / open / half-open (DESIGN §5).
+//! The circuit breaker: closed / open / half-open (docs/reference.md §5).
 //!
 //! `failureThreshold` consecutive failures (an exit, a failed start, an
 //! unhealthy kill) open it. After `openFor` (doubling per re-open, at most

@@ -1,5 +1,5 @@
 //! The manager: reconciles the workspace files on disk with the running
-//! actors, by diff (DESIGN §1).
+//! actors, by diff (docs/reference.md §1).
 //!
 //! Each reconcile reads the whole folder; a file is compared by its config
 //! version (a hash of the parsed config), so an unchanged file does nothing.

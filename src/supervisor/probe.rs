@@ -1,5 +1,5 @@
 //! MCP-level probes: a child is ready (and healthy) when it answers an MCP
-//! `initialize` on its endpoint, not merely when its port opens (DESIGN §5).
+//! `initialize` on its endpoint, not merely when its port opens (docs/reference.md §5).
 //!
 //! `initialize` works for stateful and stateless servers alike, so it serves
 //! as both readiness and liveness probe. A session the probe opens is
