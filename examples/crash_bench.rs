@@ -13,6 +13,11 @@
 //! (docs/reference.md §5), and pm2's `min_uptime` (1 s) is also passed.
 //! supervisord (PyPI) and pm2 (npm) are installed under /tmp/mcpvisor-bench.
 //!
+//! The crash series also runs, in the same run, for the same binary with its
+//! cgroup v2 mount made read-only (in a private mount namespace, so the
+//! daemon falls back to process-group tracking), and for a previous build
+//! given as `MCPVISOR_BEFORE=/path/to/mcpvisor`.
+//!
 //! Reproduce (the release binary must be built first, it is `${MCPVISOR}`):
 //!   cd /work/main && CARGO_TARGET_DIR=/work/target-bench cargo build --release \
 //!     && CARGO_TARGET_DIR=/work/target-bench cargo run --release --example crash_bench
@@ -31,7 +36,7 @@ use serde_json::{json, Value};
 
 use support::{
     free_port, free_range, http_client, mcp_delete, mcp_request, mcp_session, ms, next_where, print_footer,
-    print_header, raw_http, subscribe, summary, wait_initialize, wait_running, workspace_root, Proc,
+    print_header, raw_http, serve_command, subscribe, summary, wait_initialize, wait_running, workspace_root, Proc,
 };
 
 // ---------------------------------------------------------------- MCP calls
@@ -201,11 +206,60 @@ fn crash_workspace(exe_health: Option<Value>) -> Value {
 
 struct Mcpvisor {
     crash: Vec<f64>,
+    isolation: String,
     breaker_failures: Value,
     restart_count: Value,
     hang_to_error: Vec<f64>,
     hang_to_starting: Vec<f64>,
     hang_reasons: Vec<String>,
+}
+
+/// The `crash` workspace's isolation backend, from the resources sample.
+async fn isolation(http: &reqwest::Client, url: &str) -> String {
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("{url}/api/debug/state/resources")).send().await {
+            let v: Value = r.json().await.unwrap_or_default();
+            if let Some(isolation) = v["children"]["crash"]["isolation"].as_str() {
+                return isolation.to_string();
+            }
+            if v["children"]["crash"].is_object() {
+                return "process-group (not reported)".into();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    "unknown".into()
+}
+
+/// The crash series alone, for `exe` started as `wrap` says; returns the
+/// figures and the isolation the workspace got.
+async fn crash_only(label: &'static str, exe: &Path, wrap: fn(Command) -> Command) -> (Vec<f64>, String) {
+    let root = workspace_root([("crash", crash_workspace(None))]);
+    let listen = free_port();
+    let range = free_range(32);
+    let command = serve_command(exe, &root.path().join("workspaces"), &root.path().join("state"), listen, range);
+    let mut daemon = Proc::spawn(&mut wrap(command));
+    let url = format!("http://127.0.0.1:{listen}");
+    let http = http_client();
+    let port = wait_running(&http, &url, "crash", Duration::from_secs(30)).await["port"].as_u64().unwrap() as u16;
+    let isolation = isolation(&http, &url).await;
+    let crash =
+        tokio::task::spawn_blocking(move || crash_series(label, port)).await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    daemon.stop();
+    (crash, isolation)
+}
+
+/// Runs `command` in a private mount namespace whose cgroup v2 mount is
+/// read-only: mcpvisor cannot make cgroups and tracks process groups.
+fn without_cgroups(command: Command) -> Command {
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("for m in $(awk '$3 == \"cgroup2\" {print $2}' /proc/mounts); do mount -o remount,bind,ro \"$m\" || exit 1; done; exec \"$@\"")
+        .arg("sh")
+        .arg(command.get_program())
+        .args(command.get_args());
+    wrapped
 }
 
 async fn bench_mcpvisor(exe: &Path) -> Mcpvisor {
@@ -219,6 +273,7 @@ async fn bench_mcpvisor(exe: &Path) -> Mcpvisor {
     let http = http_client();
     let within = Duration::from_secs(30);
     let crash_port = wait_running(&http, &url, "crash", within).await["port"].as_u64().unwrap() as u16;
+    let isolation = isolation(&http, &url).await;
     let crash = tokio::task::spawn_blocking(move || crash_series("mcpvisor", crash_port))
         .await
         .unwrap()
@@ -247,6 +302,7 @@ async fn bench_mcpvisor(exe: &Path) -> Mcpvisor {
     daemon.stop();
     Mcpvisor {
         crash,
+        isolation,
         breaker_failures: status["breaker"]["failureCount"].clone(),
         restart_count: status["restartCount"].clone(),
         hang_to_error,
@@ -260,6 +316,15 @@ async fn main() {
     let exe = support::mcpvisor_exe();
     print_header("crash_bench", &exe, &format!("; {KILLS} kill -9 per supervisor, {SETTLE:?} of uptime before each"));
     let m = bench_mcpvisor(&exe).await;
+    let process_group = if nix::unistd::geteuid().is_root() {
+        Some(crash_only("mcpvisor (process groups)", &exe, without_cgroups).await)
+    } else {
+        None
+    };
+    let before = match std::env::var_os("MCPVISOR_BEFORE") {
+        Some(before) => Some(crash_only("mcpvisor before", Path::new(&before), |c| c).await),
+        None => None,
+    };
     let e = exe.clone();
     let supervisord = tokio::task::spawn_blocking(move || bench_supervisord(&e)).await.unwrap();
     let e = exe.clone();
@@ -267,15 +332,33 @@ async fn main() {
 
     println!();
     println!("kill -9 of the demo-server child -> a new child answers MCP initialize on the same port (1 ms poll)");
-    println!("  {:<14} {:>9} {:>9} {:>9} {:>9} {:>16}", "supervisor", "median", "p95", "min", "max", "median ratio");
+    println!("  {:<40} {:>9} {:>9} {:>9} {:>9} {:>16}", "supervisor", "median", "p95", "min", "max", "median ratio");
     let (mm, mp, mn, mx) = summary(&m.crash);
-    println!("  {:<14} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>16}", "mcpvisor", mm, mp, mn, mx, "1.00");
-    for (name, result) in [("supervisord", &supervisord), ("pm2", &pm2)] {
+    let with_isolation = |name: &str, isolation: &str| format!("{name} [{isolation}]");
+    println!(
+        "  {:<40} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>16}",
+        with_isolation("mcpvisor", &m.isolation),
+        mm,
+        mp,
+        mn,
+        mx,
+        "1.00"
+    );
+    let mut others = Vec::new();
+    if let Some((v, isolation)) = &process_group {
+        others.push((with_isolation("mcpvisor, cgroup2 read-only", isolation), Ok(v.clone())));
+    }
+    if let Some((v, isolation)) = &before {
+        others.push((with_isolation("mcpvisor before (MCPVISOR_BEFORE)", isolation), Ok(v.clone())));
+    }
+    others.push(("supervisord".into(), supervisord));
+    others.push(("pm2".into(), pm2));
+    for (name, result) in &others {
         match result {
             Ok(v) => {
                 let (a, b, c, d) = summary(v);
                 println!(
-                    "  {:<14} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>9.2} (p95 {:.2})",
+                    "  {:<40} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>9.2} (p95 {:.2})",
                     name,
                     a,
                     b,
@@ -285,7 +368,7 @@ async fn main() {
                     b / mp
                 );
             }
-            Err(e) => println!("  {name:<14} not measured: {e}"),
+            Err(e) => println!("  {name:<40} not measured: {e}"),
         }
     }
     println!(

@@ -1,6 +1,8 @@
 //! Isolation figures for BENCHMARKS.md: how long after a `kill -9` of the
-//! daemon its last child (and an escaped setsid grandchild) is gone, and what
-//! the isolation steps add to a spawn.
+//! daemon its last child (and an escaped setsid grandchild) is gone, what
+//! the isolation steps add to a spawn, and how long the stop of a
+//! 200-process tree takes with each isolation backend (cgroup: until
+//! `populated 0`; process group: until the group is empty and reaped).
 //!
 //! Run: `cargo build --release && cargo run --release --example isolation_bench`
 
@@ -129,9 +131,7 @@ async fn main() {
         mcpvisor_exe: support::mcpvisor_exe(),
     };
     let cgroups = mcpvisor::process::cgroup::Cgroups::setup(&ctx.state_dir).ok();
-    let root = cgroups.as_ref().map(|c| c.root_in_hierarchy().to_path_buf());
-    let reaper = Arc::new(mcpvisor::process::reaper::Reaper::new(root));
-    let launcher = Arc::new(LocalLauncher::new(Spawner::start(tokio::runtime::Handle::current()), reaper, cgroups));
+    let launcher = Arc::new(launcher_with(cgroups.clone()));
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let (mut plain, mut isolated) = (Vec::new(), Vec::new());
     for _ in 0..20 {
@@ -142,6 +142,58 @@ async fn main() {
     println!("\n## Spawn to first answered MCP initialize, demo-server, median of 20 (interleaved)");
     println!("| spawn path | median |\n|---|---|");
     println!("| plain `Command` (no group, no PDEATHSIG, inherited env) | {} |", ms(plain));
-    println!("| mcpvisor launcher (process group, PDEATHSIG + getppid check, scrubbed env, spawner thread, output capture) | {} |", ms(isolated));
+    let backend = if cgroups.is_some() { "cgroup" } else { "process group" };
+    println!(
+        "| mcpvisor launcher ({backend}, PDEATHSIG + getppid check, scrubbed env, spawner thread, output capture) | {} |",
+        ms(isolated)
+    );
     println!("| added by the isolation steps | {} |", ms(isolated.saturating_sub(plain)));
+
+    mcpvisor::process::reaper::become_subreaper().expect("a subreaper, as the daemon is");
+    println!("\n## Stop of a 200-process tree (a shell's 199 background jobs and the leader), median of 5");
+    println!("| backend | SIGTERM to gone | SIGKILL to gone |\n|---|---|---|");
+    let backends = [("process group", launcher_with(None))].into_iter();
+    for (name, launcher) in backends.chain(cgroups.clone().map(|c| ("cgroup", launcher_with(Some(c))))) {
+        let mut terms = Vec::new();
+        let mut kills = Vec::new();
+        for _ in 0..5 {
+            terms.push(stop_tree(&launcher, &ctx, Some(Signal::SIGTERM)).await);
+            kills.push(stop_tree(&launcher, &ctx, None).await);
+        }
+        println!("| {name} | {} | {} |", ms(median(terms)), ms(median(kills)));
+    }
+    if let Some(cgroups) = cgroups {
+        cgroups.remove();
+    }
+}
+
+fn launcher_with(cgroups: Option<mcpvisor::process::cgroup::Cgroups>) -> LocalLauncher {
+    let root = cgroups.as_ref().map(|c| c.root_in_hierarchy().to_path_buf());
+    let reaper = Arc::new(mcpvisor::process::reaper::Reaper::new(root));
+    LocalLauncher::new(Spawner::start(tokio::runtime::Handle::current()), reaper, cgroups)
+}
+
+/// Starts a tree of 200 processes, then times `signal` (or a kill) until
+/// `wait_gone` resolves.
+async fn stop_tree(launcher: &LocalLauncher, ctx: &LaunchContext, signal: Option<Signal>) -> Duration {
+    let script = "i=0; while [ $i -lt 199 ]; do sleep 900 & i=$((i+1)); done; exec sleep 901";
+    let config =
+        parse(serde_json::json!({"command": "/bin/sh", "args": ["-c", script]}).to_string().as_bytes()).unwrap();
+    let spec = build_spec("tree200", &config, 1, ctx).unwrap();
+    let logs = LogSink::open(&ctx.logs_dir(), "tree200");
+    let mut child = launcher.spawn(&spec, &logs).await.unwrap();
+    let tree = launcher.census().trees().into_iter().find(|t| t.leader() == child.pid() as i32).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tree.members().len() < 200 {
+        assert!(Instant::now() < deadline, "the tree never grew to 200");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    match signal {
+        Some(signal) => child.signal(signal),
+        None => child.kill(),
+    }
+    child.wait().await;
+    child.wait_gone().await;
+    started.elapsed()
 }

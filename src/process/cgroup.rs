@@ -213,6 +213,9 @@ impl WorkspaceCgroup {
     /// Resolves once no process is left: on each change of
     /// `cgroup.events` (inotify), checked every 50 ms besides.
     pub async fn wait_empty(&self) {
+        if !self.populated() {
+            return;
+        }
         let events = self.dir.join("cgroup.events");
         let stream = inotify::Inotify::init().and_then(|inotify| {
             inotify.watches().add(&events, inotify::WatchMask::MODIFY)?;
