@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::process::runtime::ProcessId;
 use crate::process::tree::ProcTable;
-use crate::state::{Resources, Timestamp};
+use crate::state::{ResourceHistory, Resources, Timestamp};
 use crate::supervisor::actor::Command;
 use crate::supervisor::{Registry, SupervisorContext};
 
@@ -40,6 +40,8 @@ pub struct Sample {
 #[derive(Debug, Default)]
 pub struct ResourceView {
     current: ArcSwap<Sample>,
+    /// The last minutes of samples per workspace, for the dashboard.
+    pub history: ResourceHistory,
 }
 
 impl ResourceView {
@@ -110,6 +112,7 @@ pub async fn run_sampler(
                 }
             }
         }
+        view.history.record(sample.sampled_at.unwrap_or_else(Timestamp::now), &sample.children);
         view.current.store(Arc::new(sample));
     }
 }

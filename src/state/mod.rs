@@ -7,10 +7,12 @@
 //! wait on an actor.
 
 mod events;
+mod resource_history;
 mod status;
 mod view;
 
 pub use events::{Event, EventBus, Subscription, DEFAULT_RING_CAPACITY};
+pub use resource_history::{ResourceHistory, ResourcePoint};
 pub use status::{
     BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Resources, Status, Timestamp, WorkspaceRecord,
     WorkspaceStatus,
