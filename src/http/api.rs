@@ -16,7 +16,7 @@ use crate::state::{WorkspaceRecord, WorkspaceStatus};
 use crate::supervisor::actor::{Command, SendError};
 
 pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {

@@ -39,7 +39,8 @@ pub async fn check(State(state): State<Arc<AppState>>, request: Request, next: N
         }
     }
     if let Some(token) = &state.token {
-        let open = matches!(request.uri().path(), "/healthz" | "/readyz");
+        let path = request.uri().path();
+        let open = matches!(path, "/healthz" | "/readyz") || super::dashboard::is_public(path);
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if !open && !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
