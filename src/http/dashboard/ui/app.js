@@ -102,6 +102,7 @@ function route() {
   } else if (view === 'overview') {
     document.title = 'mcpvisor';
     if (params.has('status')) overview.setGroup(params.get('status'));
+    overview.flush();
     if (lastDetail) {
       overview.focusRow(lastDetail);
       lastDetail = null;

@@ -1,14 +1,22 @@
 // The overview: one row per workspace, updated in place.
 //
-// Rows are keyed by workspace name and built once; a change marks its row
-// dirty and the next animation frame rewrites only the cells whose text
-// changed, so a burst of events costs one layout per frame. Work that only
-// matters on screen (ticking uptimes and countdowns, sparklines, loading a
-// row's resource history) is done for the rows an IntersectionObserver
-// reports visible.
+// Rows are keyed by workspace name, built when first shown and kept; a
+// change marks its row dirty and the next animation frame rewrites only the
+// cells whose text changed, so a burst of events costs one layout per frame.
+// Only the rows in and near the viewport are in the document (fixed-height
+// rows between two spacers), so 1,000 workspaces cost what 40 do; the
+// filter finds the others. Work that only matters on screen (ticking
+// uptimes and countdowns, sparklines, loading a row's resource history) is
+// done for those rows only.
 
 import { badge, badgeTitle, bytes, duration, el, group, percent } from './format.js';
 import { draw, sparkline } from './sparkline.js';
+
+/** Rows kept in the document above and below the viewport. */
+const OVERSCAN = 12;
+
+/** The height of a row in px, as the stylesheet sets it (measured again after the first render). */
+const ROW_HEIGHT = 34;
 
 /** An error badge stays red at least this long, so a crash that restarts at once is still seen. */
 const RED_AT_LEAST_MS = 800;
@@ -110,7 +118,7 @@ class Row {
   }
 
   /** Brings the row up to `w`; returns ms after which it must be drawn again (a red badge held), or 0. */
-  update(w, store, visible) {
+  update(w, store) {
     const now = performance.now();
     let again = 0;
     let b = badge(w);
@@ -171,7 +179,7 @@ class Row {
     this.put('canStop', w.status !== 'stopped', (on) => {
       this.buttons.stop.disabled = !on;
     });
-    if (visible) this.drawSparks(w);
+    this.drawSparks(w);
     return again;
   }
 
@@ -207,26 +215,28 @@ function breakerText(breaker) {
 }
 
 export class Overview {
-  /** `root`: the section to render into; `store`; `act(name, action)` runs a command. */
+  /** `root`: the section to render into; `store`; `act(name, action, button)` runs a command. */
   constructor(root, store, act) {
     this.root = root;
     this.store = store;
     this.act = act;
     this.rows = new Map();
     this.order = [];
+    this.attached = [];
     this.dirty = new Set();
-    this.visible = new Set();
     this.structure = true;
     this.resort = false;
     this.frame = 0;
+    this.rowHeight = ROW_HEIGHT;
     this.filterText = '';
     this.filterGroup = 'all';
     this.sortKey = 'name';
     this.sortDir = 1;
     this.onFirstRender = null;
     this.build();
-    this.observer = new IntersectionObserver((entries) => this.onIntersect(entries), { rootMargin: '200px 0px' });
     store.subscribe((kind, name) => this.onChange(kind, name));
+    window.addEventListener('scroll', () => this.schedule(), { passive: true });
+    window.addEventListener('resize', () => this.schedule());
     this.ticker = setInterval(() => this.tick(), 1000);
   }
 
@@ -240,7 +250,7 @@ export class Overview {
       spellcheck: 'false',
       oninput: () => {
         this.filterText = this.filterInput.value.trim().toLowerCase();
-        this.applyFilter();
+        this.refilter();
       },
     });
     this.chips = el('div', { class: 'chips', role: 'group', 'aria-label': 'Filter by status' });
@@ -258,7 +268,7 @@ export class Overview {
       this.chips.append(button);
     }
     this.shownCount = el('span', { class: 'shown', 'aria-live': 'polite' });
-    const head = el('tr');
+    const head = el('tr', { 'aria-rowindex': '1' });
     this.headers = {};
     for (const column of COLUMNS) {
       const th = el('th', { scope: 'col', class: `c-${column.key}` });
@@ -273,7 +283,10 @@ export class Overview {
       this.headers[column.key] = th;
       head.append(th);
     }
-    this.tbody = el('tbody');
+    const spacer = () => el('tr', { class: 'spacer', 'aria-hidden': 'true' }, el('td', { colspan: String(COLUMNS.length) }));
+    this.above = spacer();
+    this.below = spacer();
+    this.tbody = el('tbody', {}, this.above, this.below);
     this.tbody.addEventListener('click', (event) => {
       const button = event.target.closest('button[data-action]');
       if (!button) return;
@@ -295,8 +308,9 @@ export class Overview {
   onChange(kind, name) {
     if (kind === 'structure') this.structure = true;
     else if (kind === 'workspace' || (kind === 'resources' && name)) this.dirty.add(name);
-    else if (kind === 'resources' && this.sortKey !== 'name') this.resort = true;
-    if (kind === 'workspace' && this.sortKey !== 'name') this.resort = true;
+    if (this.sortKey !== 'name' && (kind === 'workspace' || (kind === 'resources' && !name))) this.resort = true;
+    // A status change can move a row in or out of the status filter.
+    if (kind === 'workspace' && this.filterGroup !== 'all') this.resort = true;
     this.schedule();
   }
 
@@ -306,23 +320,13 @@ export class Overview {
 
   /** Applies every pending change; the one place rows are written. */
   flush() {
+    cancelAnimationFrame(this.frame);
     this.frame = 0;
-    if (this.structure) this.reconcile();
-    else if (this.resort) this.reorder();
-    for (const name of this.dirty) {
-      const row = this.rows.get(name);
-      const w = this.store.get(name);
-      if (!row || !w) continue;
-      const again = row.update(w, this.store, this.visible.has(name));
-      if (again) setTimeout(() => this.onChange('workspace', name), again);
-    }
-    const statusChanged = this.dirty.size > 0;
-    this.dirty.clear();
-    if (statusChanged || this.structure) {
-      this.updateCounts();
-      if (this.filterGroup !== 'all') this.applyFilter();
-    }
-    this.structure = false;
+    if (this.root.hidden) return;
+    const counts = this.structure || this.dirty.size > 0;
+    if (this.structure || this.resort) this.arrange();
+    this.renderWindow();
+    if (counts) this.updateCounts();
     if (this.onFirstRender && this.store.loaded) {
       const done = this.onFirstRender;
       this.onFirstRender = null;
@@ -330,43 +334,84 @@ export class Overview {
     }
   }
 
-  /** Creates rows for new workspaces, drops rows of removed ones, and orders them. */
-  reconcile() {
-    const names = new Set(this.store.workspaces.keys());
+  /** Filters and sorts the names into `order`, the rows the table would show if it were all on screen. */
+  arrange() {
+    this.structure = false;
+    this.resort = false;
     for (const [name, row] of this.rows) {
-      if (names.has(name)) continue;
-      this.observer.unobserve(row.tr);
+      if (this.store.get(name)) continue;
       row.tr.remove();
       this.rows.delete(name);
-      this.visible.delete(name);
     }
-    for (const name of names) {
-      if (this.rows.has(name)) continue;
-      const row = new Row(name);
-      this.rows.set(name, row);
-      this.dirty.add(name);
-      this.observer.observe(row.tr);
-    }
-    this.loading.hidden = this.store.loaded;
-    this.reorder();
-    this.applyFilter();
-  }
-
-  reorder() {
-    this.resort = false;
-    let names = [...this.store.workspaces.keys()];
+    const workspaces = this.store.list().filter((w) => this.matches(w));
     if (this.sortKey !== 'name') {
       const key = COLUMNS.find((c) => c.key === this.sortKey).sort;
-      const value = new Map(names.map((n) => [n, key(this.store.get(n), this.store)]));
-      names.sort((a, b) => (value.get(a) < value.get(b) ? -1 : value.get(a) > value.get(b) ? 1 : a < b ? -1 : 1) * this.sortDir);
+      const value = new Map(workspaces.map((w) => [w.workspace, key(w, this.store)]));
+      const by = (a, b) => {
+        const x = value.get(a.workspace);
+        const y = value.get(b.workspace);
+        return (x < y ? -1 : x > y ? 1 : a.workspace < b.workspace ? -1 : 1) * this.sortDir;
+      };
+      workspaces.sort(by);
     } else if (this.sortDir < 0) {
-      names.reverse();
+      workspaces.reverse();
     }
-    if (names.length === this.order.length && names.every((n, i) => n === this.order[i])) return;
-    this.order = names;
-    const fragment = document.createDocumentFragment();
-    for (const name of names) fragment.append(this.rows.get(name).tr);
-    this.tbody.append(fragment);
+    this.order = workspaces.map((w) => w.workspace);
+    this.table.setAttribute('aria-rowcount', String(this.order.length + 1));
+    const total = this.store.workspaces.size;
+    this.loading.hidden = this.store.loaded;
+    this.empty.hidden = this.order.length > 0 || !this.store.loaded || total === 0;
+    this.shownCount.textContent = this.order.length === total ? `${total} workspaces` : `${this.order.length} of ${total} shown`;
+  }
+
+  /** Puts the rows in and near the viewport into the table, and brings them up to date. */
+  renderWindow() {
+    const h = this.rowHeight;
+    // Row i sits at i * h below the top of the body, whatever the spacers hold.
+    const top = this.tbody.getBoundingClientRect().top;
+    const firstVisible = Math.floor(Math.max(0, -top) / h);
+    const start = Math.max(0, firstVisible - OVERSCAN);
+    const end = Math.min(this.order.length, firstVisible + Math.ceil(window.innerHeight / h) + OVERSCAN);
+    const names = this.order.slice(start, end);
+    const wanted = new Set(names);
+    // Detach what left the window; rows that stay are not moved, so a focused one keeps focus.
+    for (const name of this.attached) {
+      if (!wanted.has(name)) this.rows.get(name)?.tr.remove();
+    }
+    const fresh = new Set();
+    let cursor = this.above.nextSibling;
+    for (const [i, name] of names.entries()) {
+      let row = this.rows.get(name);
+      if (!row) {
+        row = new Row(name);
+        this.rows.set(name, row);
+      }
+      if (row.tr !== cursor) {
+        this.tbody.insertBefore(row.tr, cursor);
+        fresh.add(name);
+      } else {
+        cursor = cursor.nextSibling;
+      }
+      row.tr.setAttribute('aria-rowindex', String(start + i + 2));
+    }
+    this.above.firstChild.style.height = `${start * h}px`;
+    this.below.firstChild.style.height = `${(this.order.length - end) * h}px`;
+    this.attached = names;
+    for (const name of names) {
+      if (!fresh.has(name) && !this.dirty.has(name)) continue;
+      const w = this.store.get(name);
+      const row = this.rows.get(name);
+      const again = row.update(w, this.store);
+      if (again) setTimeout(() => this.onChange('workspace', name), again);
+      if (w.pid != null || w.resources) this.store.seed(name);
+    }
+    this.dirty.clear();
+    // Rows are as high as the stylesheet says; measure once in case fonts differ.
+    const first = names.length && this.rows.get(names[0]).tr.offsetHeight;
+    if (first && Math.abs(first - h) > 0.5) {
+      this.rowHeight = first;
+      this.schedule();
+    }
   }
 
   matches(w) {
@@ -374,16 +419,9 @@ export class Overview {
     return this.filterGroup === 'all' || group(w) === this.filterGroup;
   }
 
-  applyFilter() {
-    let shown = 0;
-    for (const [name, row] of this.rows) {
-      const w = this.store.get(name);
-      const hide = !w || !this.matches(w);
-      if (row.tr.hidden !== hide) row.tr.hidden = hide;
-      if (!hide) shown += 1;
-    }
-    this.empty.hidden = shown > 0 || !this.store.loaded || this.rows.size === 0;
-    this.shownCount.textContent = shown === this.rows.size ? `${shown} workspaces` : `${shown} of ${this.rows.size} shown`;
+  refilter() {
+    this.resort = true;
+    this.flush();
   }
 
   updateCounts() {
@@ -397,9 +435,10 @@ export class Overview {
   }
 
   setGroup(key) {
+    if (!this.chipButtons[key]) return;
     this.filterGroup = key;
     for (const [k, button] of Object.entries(this.chipButtons)) button.setAttribute('aria-pressed', String(k === key));
-    this.applyFilter();
+    this.refilter();
   }
 
   setSort(key) {
@@ -412,28 +451,13 @@ export class Overview {
       if (!th.hasAttribute('aria-sort')) continue;
       th.setAttribute('aria-sort', k === key ? (this.sortDir > 0 ? 'ascending' : 'descending') : 'none');
     }
-    this.reorder();
+    this.refilter();
   }
 
-  onIntersect(entries) {
-    for (const entry of entries) {
-      const name = entry.target.dataset.workspace;
-      if (entry.isIntersecting) {
-        this.visible.add(name);
-        const w = this.store.get(name);
-        if (w && (w.pid != null || w.resources)) this.store.seed(name);
-        this.dirty.add(name);
-      } else {
-        this.visible.delete(name);
-      }
-    }
-    this.schedule();
-  }
-
-  /** Once a second: what ticks on visible rows (uptime, breaker countdown). */
+  /** Once a second: what ticks on the rows shown (uptime, breaker countdown). */
   tick() {
     if (document.visibilityState !== 'visible' || this.root.hidden) return;
-    for (const name of this.visible) {
+    for (const name of this.attached) {
       const w = this.store.get(name);
       if (w && (w.status === 'running' || w.breaker?.state === 'open')) this.dirty.add(name);
     }
@@ -445,17 +469,13 @@ export class Overview {
     const keys = { ArrowDown: 1, j: 1, ArrowUp: -1, k: -1 };
     const step = keys[event.key];
     if (!step || event.altKey || event.ctrlKey || event.metaKey) return;
-    const tr = event.target.closest('tr');
+    const tr = event.target.closest('tr[data-workspace]');
     if (!tr) return;
-    const focusables = (row) => [...row.querySelectorAll('a, button')];
-    const column = focusables(tr).indexOf(event.target);
-    let next = step > 0 ? tr.nextElementSibling : tr.previousElementSibling;
-    while (next && next.hidden) next = step > 0 ? next.nextElementSibling : next.previousElementSibling;
+    const column = [...tr.querySelectorAll('a, button')].indexOf(event.target);
+    const next = this.order[this.order.indexOf(tr.dataset.workspace) + step];
     if (!next) return;
     event.preventDefault();
-    const targets = focusables(next);
-    const target = targets[Math.max(0, column)];
-    (target && !target.disabled ? target : targets[0]).focus();
+    this.focusRow(next, column);
   }
 
   focusFilter() {
@@ -463,11 +483,19 @@ export class Overview {
     this.filterInput.select();
   }
 
-  /** Puts focus back on a workspace's row (after returning from its detail view). */
-  focusRow(name) {
+  /** Scrolls a workspace's row into the window if needed and focuses its `column`th control (its link by default). */
+  focusRow(name, column = 0) {
+    const i = this.order.indexOf(name);
+    if (i < 0) return;
+    if (!this.attached.includes(name)) {
+      const tableTop = this.tbody.getBoundingClientRect().top + window.scrollY;
+      window.scrollTo(0, tableTop + i * this.rowHeight - window.innerHeight / 2);
+      this.flush();
+    }
     const row = this.rows.get(name);
     if (!row) return;
-    row.link.focus({ preventScroll: true });
-    row.tr.scrollIntoView({ block: 'nearest' });
+    const targets = [...row.tr.querySelectorAll('a, button')];
+    const target = targets[Math.max(0, column)];
+    (target && !target.disabled ? target : row.link).focus();
   }
 }
