@@ -161,6 +161,7 @@ async function connect() {
     return;
   }
   store.startPolling();
+  if (views.overview.hidden) painted();
   if (!meta.version) {
     getJson('/healthz')
       .then((h) => {
@@ -171,15 +172,32 @@ async function connect() {
   }
 }
 
-overview.onFirstRender = () => {
-  // The frame that paints the rows has started; note the time once it is painted.
+/** Notes when the first screen is painted: `firstRenderMs` after navigation start, and `data-ready` on the body. */
+function painted() {
+  if (document.body.dataset.ready) return;
+  // Called in the frame that paints; the timeout runs once it is painted.
   requestAnimationFrame(() =>
     setTimeout(() => {
-      stats.firstRenderMs = performance.now();
+      stats.firstRenderMs ??= performance.now();
       document.body.dataset.ready = 'true';
     }),
   );
-};
+}
+overview.onFirstRender = painted;
+
+// A page kept in the back/forward cache must not hold its streams open: the
+// browser allows six connections per host, and the daemon would count a
+// subscriber nobody reads. Coming back resumes with Last-Event-ID.
+window.addEventListener('pagehide', () => {
+  live.stop();
+  detail?.pause();
+  store.stopPolling();
+});
+window.addEventListener('pageshow', (event) => {
+  if (!event.persisted) return;
+  detail?.resume();
+  connect();
+});
 
 window.addEventListener('hashchange', route);
 route();

@@ -11,7 +11,7 @@ import { draw, sparkline } from './sparkline.js';
 
 const LOG_LINES = 200;
 const LOG_KEEP = 1000;
-const TIMELINE_SHOWN = 100;
+const TIMELINE_KEEP = 200;
 
 const path = (name, rest = '') => `/api/workspaces/${encodeURIComponent(name)}${rest}`;
 
@@ -60,15 +60,35 @@ export class Detail {
       },
     });
     this.logs.start();
+    // The timeline: every event of this workspace the daemon still holds
+    // (Last-Event-ID 0 replays its ring), then the live ones.
+    this.events = [];
+    this.eventStream = new LiveStream(path(name, '/events'), {
+      onEvent: (event) => this.onStatusEvent(event),
+      lastEventId: 0,
+    });
+    this.eventStream.start();
     this.renderAll();
     this.loadErrors();
     this.loadConfig();
     store.seed(name);
   }
 
+  /** Stops following the log (the page is going into the back/forward cache). */
+  pause() {
+    this.logs.stop();
+    this.eventStream.stop();
+  }
+
+  resume() {
+    this.logs.start();
+    this.eventStream.start();
+  }
+
   close() {
     this.closed = true;
     this.logs.stop();
+    this.eventStream.stop();
     this.unsubscribe();
     clearInterval(this.ticker);
     cancelAnimationFrame(this.frame);
@@ -89,9 +109,12 @@ export class Detail {
     this.facts = el('dl', { class: 'facts' });
     this.rssValue = el('span', { class: 'num' });
     this.cpuValue = el('span', { class: 'num' });
-    this.rssChart = sparkline(560, 56, `RSS of ${name} over the last minutes`);
-    this.cpuChart = sparkline(560, 56, `CPU of ${name} over the last minutes`);
-    for (const chart of [this.rssChart, this.cpuChart]) chart.classList.add('chart');
+    this.rssChart = sparkline(480, 48, `RSS of ${name} over the last minutes`);
+    this.cpuChart = sparkline(480, 48, `CPU of ${name} over the last minutes`);
+    for (const chart of [this.rssChart, this.cpuChart]) {
+      chart.classList.add('chart');
+      chart.setAttribute('preserveAspectRatio', 'none');
+    }
     this.logBox = el('div', { class: 'log', role: 'log', tabindex: '0', 'aria-label': `Output of ${name}` });
     this.logState = el('span', { class: 'pill' }, 'connecting');
     this.follow = el('input', { type: 'checkbox', id: 'follow', checked: true });
@@ -108,10 +131,15 @@ export class Detail {
         'div',
         { class: 'cols' },
         card('Status', this.facts),
-        card(
-          'Resources',
-          el('div', { class: 'chart-row' }, el('span', { class: 'chart-label' }, 'RSS ', this.rssValue), this.rssChart),
-          el('div', { class: 'chart-row' }, el('span', { class: 'chart-label' }, 'CPU ', this.cpuValue), this.cpuChart),
+        el(
+          'div',
+          { class: 'stack' },
+          card(
+            'Resources',
+            el('div', { class: 'chart-row' }, el('span', { class: 'chart-label' }, 'RSS ', this.rssValue), this.rssChart),
+            el('div', { class: 'chart-row' }, el('span', { class: 'chart-label' }, 'CPU ', this.cpuValue), this.cpuChart),
+          ),
+          card('MCP sessions', this.sessions),
         ),
       ),
       el(
@@ -121,7 +149,7 @@ export class Detail {
         this.logBox,
       ),
       el('div', { class: 'cols' }, card('Events', this.timeline), card('Last errors', this.errors)),
-      el('div', { class: 'cols' }, card('MCP sessions', this.sessions), card('Config', this.config)),
+      card('Config', this.config),
     );
   }
 
@@ -182,7 +210,7 @@ export class Detail {
           retry != null ? (retry > 0 ? ` · retry in ${duration(retry + 999)}` : ' · retrying') : ''
         }`,
       ],
-      ['config', w.configVersion ?? '—'],
+      ['config', w.configVersion ? `${w.configVersion.slice(0, 23)}…` : '—'],
     ];
     if (w.configError) rows.push(['config error', w.configError.message ?? JSON.stringify(w.configError)]);
     if (w.lastError) rows.push(['last error', `${w.lastError.message} · ${ago(w.lastError.at)}`]);
@@ -202,10 +230,24 @@ export class Detail {
     draw(this.cpuChart, w.history.map((p) => ({ t: p.t, v: p.cpu })), { floor: 1 });
   }
 
+  onStatusEvent(event) {
+    let p;
+    try {
+      p = JSON.parse(event.data).params;
+    } catch {
+      return;
+    }
+    // A snapshot says where things stand, not what happened: keep it only as the first entry.
+    const fresh = p.reason === 'snapshot' || p.reason === 'resync';
+    if (fresh && this.events.length) return;
+    this.events.push(p);
+    if (this.events.length > TIMELINE_KEEP) this.events.shift();
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.renderAll());
+  }
+
   renderTimeline() {
-    const w = this.store.get(this.name);
-    const events = w ? w.timeline.slice(-TIMELINE_SHOWN).reverse() : [];
-    const key = events.length ? `${events.length}:${events[0].seq}:${events[0].status}` : '';
+    const events = this.events.slice().reverse();
+    const key = events.length ? `${events.length}:${events[0].seq}` : '';
     if (key === this.timelineKey) return;
     this.timelineKey = key;
     if (!events.length) {
@@ -217,7 +259,7 @@ export class Detail {
         el(
           'li',
           { 'data-status': e.status, 'data-seq': e.seq },
-          el('time', { datetime: e.at }, clock(e.at)),
+          el('time', { datetime: e.timestamp }, clock(e.timestamp)),
           el('span', { class: 'transition' }, e.previous ? `${e.previous} → ` : '', el('b', { class: `t-${badge(e).tone}` }, e.status)),
           el('span', { class: 'why' }, e.reason),
           el('span', { class: 'muted' }, [e.pid ? `pid ${e.pid}` : '', `restarts ${e.restartCount}`, e.breaker !== 'closed' ? `breaker ${e.breaker}` : ''].filter(Boolean).join(' · ')),
@@ -292,7 +334,7 @@ export class Detail {
         ? el('ul', { class: 'pending' }, ...pending.map((p) => el('li', {}, el('code', {}, p.method ?? '?'), ` id ${JSON.stringify(p.id)} · waiting ${duration(Date.now() - Date.parse(p.startedAt))}`)))
         : el('span', { class: 'muted' }, 'none');
     const rows = sessions.map((s) =>
-      el('tr', {}, el('td', {}, el('code', {}, s.sessionId)), el('td', {}, s.transport), el('td', {}, ago(s.createdAt)), el('td', {}, ago(s.lastActivity)), el('td', { class: 'num' }, s.openStreams), el('td', {}, pendingList(s.pending ?? []))),
+      el('tr', {}, el('td', {}, el('code', { title: s.sessionId }, `${s.sessionId.slice(0, 8)}…`)), el('td', {}, s.transport), el('td', {}, ago(s.createdAt)), el('td', {}, ago(s.lastActivity)), el('td', { class: 'num' }, s.openStreams), el('td', {}, pendingList(s.pending ?? []))),
     );
     for (const s of streams) {
       rows.push(el('tr', {}, el('td', {}, el('span', { class: 'muted' }, `${s.kind} without session`)), el('td', {}, s.transport), el('td', {}, ago(s.startedAt)), el('td', {}, ''), el('td', { class: 'num' }, 1), el('td', {}, pendingList(s.pending ?? []))));

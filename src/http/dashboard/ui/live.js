@@ -9,15 +9,17 @@ export class LiveStream {
    * `path`: the SSE route; `onEvent({id, data})` per event;
    * `onState(state, since)` with state `connecting | live | down | stopped`.
    * `replay`: whether a reconnect asks for the missed events with
-   * Last-Event-ID (the status stream) or starts over (a log tail).
+   * Last-Event-ID (the status stream) or starts over (a log tail);
+   * `lastEventId`: the one to send on the first connect (0 replays all the
+   * daemon still holds).
    */
-  constructor(path, { onEvent, onState = () => {}, onOpen = () => {}, replay = true }) {
+  constructor(path, { onEvent, onState = () => {}, onOpen = () => {}, replay = true, lastEventId = null }) {
     this.path = path;
     this.onEvent = onEvent;
     this.onState = onState;
     this.onOpen = onOpen;
     this.replay = replay;
-    this.lastEventId = null;
+    this.lastEventId = lastEventId;
     this.state = 'stopped';
     this.controller = null;
   }

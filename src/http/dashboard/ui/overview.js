@@ -252,6 +252,13 @@ export class Overview {
         this.filterText = this.filterInput.value.trim().toLowerCase();
         this.refilter();
       },
+      // Enter or arrow down goes from the filter to the first row shown.
+      onkeydown: (event) => {
+        if ((event.key === 'Enter' || event.key === 'ArrowDown') && this.order.length) {
+          event.preventDefault();
+          this.focusRow(this.order[0]);
+        }
+      },
     });
     this.chips = el('div', { class: 'chips', role: 'group', 'aria-label': 'Filter by status' });
     this.chipButtons = {};

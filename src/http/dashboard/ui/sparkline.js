@@ -15,25 +15,32 @@ export function sparkline(width, height, label) {
   area.setAttribute('class', 'spark-area');
   const line = document.createElementNS(SVG, 'path');
   line.setAttribute('class', 'spark-line');
-  svg.append(area, line);
+  const dot = document.createElementNS(SVG, 'circle');
+  dot.setAttribute('class', 'spark-dot');
+  dot.setAttribute('r', '0');
+  svg.append(area, line, dot);
   return svg;
 }
 
 /**
- * Draws `points` ([{t: ms since epoch, v}]) into `svg`, time on x over
- * the last `windowMs` up to the newest point, 0..max(v, floor) on y; a gap
- * longer than `gapMs` (the child was down) breaks the line.
+ * Draws `points` ([{t: ms since epoch, v}]) into `svg`, time on x up to the
+ * newest point, 0..max(v, floor) on y, with a dot on the newest. The time
+ * axis spans the history, at least `minWindowMs` and at most `maxWindowMs`,
+ * so a short history is not a sliver; a gap longer than `gapMs` (the child
+ * was down) breaks the line.
  */
-export function draw(svg, points, { windowMs = 6 * 60 * 1000, floor = 1, gapMs = 10000 } = {}) {
+export function draw(svg, points, { maxWindowMs = 6 * 60 * 1000, minWindowMs = 10 * 1000, floor = 1, gapMs = 10000 } = {}) {
   const width = Number(svg.getAttribute('width'));
   const height = Number(svg.getAttribute('height'));
-  const [area, line] = svg.children;
+  const [area, line, dot] = svg.children;
   if (!points.length) {
     area.setAttribute('d', '');
     line.setAttribute('d', '');
+    dot.setAttribute('r', '0');
     return;
   }
   const end = points[points.length - 1].t;
+  const windowMs = Math.min(maxWindowMs, Math.max(minWindowMs, end - points[0].t));
   const start = end - windowMs;
   let max = floor;
   for (const p of points) if (p.t >= start && p.v > max) max = p.v;
@@ -60,4 +67,7 @@ export function draw(svg, points, { windowMs = 6 * 60 * 1000, floor = 1, gapMs =
   if (segmentStart) fill += `L${x(previous.t)},${height}L${x(segmentStart.t)},${height}Z`;
   line.setAttribute('d', d);
   area.setAttribute('d', fill);
+  dot.setAttribute('cx', x(previous.t));
+  dot.setAttribute('cy', y(previous.v));
+  dot.setAttribute('r', '1.8');
 }

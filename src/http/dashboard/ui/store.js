@@ -12,7 +12,6 @@
 
 import { getJson, HttpError } from './api.js';
 
-const TIMELINE_MAX = 200;
 const HISTORY_MAX = 180;
 const FETCHES_IN_FLIGHT = 4;
 const RESOURCES_EVERY_MS = 2000;
@@ -73,7 +72,6 @@ function blank(name) {
     status: 'unknown',
     health: 'unknown',
     breaker: { state: 'closed', failureCount: 0, nextRetryAt: null },
-    timeline: [],
     history: [],
     seeded: false,
     sessions: 0,
@@ -113,7 +111,7 @@ export class Store {
     return [...this.workspaces.values()];
   }
 
-  /** Reads every workspace once; keeps what the page gathered (timeline, history) of those that remain. */
+  /** Reads every workspace once; keeps what the page gathered (resource history) of those that remain. */
   async loadAll() {
     const { workspaces } = await getJson('/api/workspaces');
     this.stats.listLoads += 1;
@@ -183,20 +181,6 @@ export class Store {
       w.reason = p.reason;
       w.changedAt = p.timestamp;
       w.eventSeq = p.seq;
-    }
-    if (!fresh || changed || !w.timeline.length) {
-      w.timeline.push({
-        seq: p.seq,
-        at: p.timestamp,
-        previous: p.previous,
-        status: p.status,
-        reason: p.reason,
-        health: p.health,
-        pid: p.pid,
-        restartCount: p.restartCount,
-        breaker: p.breaker,
-      });
-      if (w.timeline.length > TIMELINE_MAX) w.timeline.splice(0, w.timeline.length - TIMELINE_MAX);
     }
     // A snapshot that matches what the list said needs no fetch.
     if (!fresh || changed) this.refresh(w.workspace);
