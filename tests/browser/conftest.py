@@ -47,11 +47,7 @@ class Page:
         try:
             wait_until("the page is ready", 15, lambda: self.js("return document.body.dataset.ready === 'true'"))
         except AssertionError as error:
-            state = self.js("return [location.href, JSON.stringify(window.mcpvisor?.stats), document.body.innerText.slice(0, 300)]")
-            import time as _t
-            t = _t.time(); code = self.daemon.request('/api/workspaces')[0]; state.append(['python list', code, _t.time() - t])
-            state.append(self.driver.execute_async_script("const done = arguments[0]; const t = performance.now(); fetch('/healthz').then(r => done(['healthz', r.status, performance.now() - t])); setTimeout(() => done('healthz hangs'), 3000)"))
-            state.append(self.js("return performance.getEntriesByType('resource').map(e => [e.name, e.startTime|0, e.responseEnd|0])"))
+            state = self.js("return [location.href, JSON.stringify(window.mcpvisor?.stats)]")
             raise AssertionError(f"{error}; page: {state}; console: {self.driver.get_log('browser')}") from None
 
     def js(self, script: str, *args):
@@ -93,6 +89,10 @@ class Page:
         box.send_keys(Keys.BACKSPACE)
         if text:
             box.send_keys(text)
+
+    def forget_console(self):
+        """Drops what the page logged so far (errors a test caused on purpose)."""
+        self.driver.get_log("browser")
 
     def console_errors(self) -> list[str]:
         """Errors the page logged, but not the API's own 4xx answers (routes a daemon may lack)."""

@@ -130,20 +130,23 @@ export class EventParser {
   constructor(onEvent) {
     this.onEvent = onEvent;
     this.buffer = '';
+    this.afterCR = false;
     this.data = [];
     this.id = null;
   }
 
   push(chunk) {
-    this.buffer += chunk;
+    // A \r that ended the last chunk may be the first half of a \r\n.
+    const text = this.afterCR && chunk.startsWith('\n') ? chunk.slice(1) : chunk;
+    this.afterCR = false;
+    this.buffer += text;
     const newline = /\r\n|\r|\n/g;
     let start = 0;
     let match;
     while ((match = newline.exec(this.buffer))) {
-      // A lone \r at the very end may be the first half of \r\n: wait for more.
-      if (match[0] === '\r' && match.index + 1 === this.buffer.length) break;
       this.line(this.buffer.slice(start, match.index));
       start = match.index + match[0].length;
+      if (match[0] === '\r' && start === this.buffer.length) this.afterCR = true;
     }
     this.buffer = this.buffer.slice(start);
   }
