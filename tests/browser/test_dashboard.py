@@ -239,12 +239,29 @@ def test_keyboard_opens_a_workspace_and_escape_returns(page, showcase):
     wait_until("back on the overview, on the same row", 5, lambda: page.js("return document.activeElement.textContent") == "notes")
 
 
+def test_daemon_page_shows_version_totals_and_links(page, showcase):
+    page.open(showcase, "#/daemon")
+    version = showcase.get("/healthz")["version"]
+    wait_until("the version", 10, lambda: f"version\n{version}" in page.find("#view-daemon").text)
+    text = page.find("#view-daemon").text
+    assert "7 workspaces" in text
+    wait_until("resource totals", 10, lambda: "processes" in page.find("#view-daemon").text)
+    assert not page.find("#validate").is_displayed(), "no /api/debug/validate on this daemon: hidden"
+    links = [a.get_attribute("href") for a in page.all("#view-daemon .links a")]
+    assert f"{showcase.url}/metrics" in links
+    page.find(".bar-row a[href='#/?status=error']").click()
+    wait_until("the overview filtered to errors", 5, lambda: list(page.tones()) == ["flaky"])
+
+
 def test_screenshots_light_and_dark(page, showcase):
     """Takes the README's screenshots; UPDATE_SCREENSHOTS=1 copies them to docs/.
 
     Runs last, so `search` has a crash and a restart to show; a client
     session with a call in flight is opened on it first.
     """
+    if showcase.status("search")["restartCount"] == 0:  # run alone, without the kill test before it
+        os.kill(showcase.status("search")["pid"], signal.SIGKILL)
+        wait_until("search restarted", 20, lambda: (s := showcase.status("search"))["restartCount"] == 1 and s["status"] == "running")
     McpSession(showcase, "search").leave_pending()
     shots = []
     for scheme in ["light", "dark"]:

@@ -75,13 +75,6 @@ export async function getJson(path, options) {
   return response.json();
 }
 
-/** GET `path` as JSON when it answers 200, else null (a route this daemon does not have). */
-export async function getIfPresent(path) {
-  const response = await request(path);
-  if (response.status !== 200) return null;
-  return { body: await response.json(), etag: response.headers.get('ETag') };
-}
-
 /** POST `path` (a command); resolves to `{status, body}`, throws HttpError on 4xx/5xx. */
 export async function post(path, body) {
   const response = await request(path, { method: 'POST', body });
