@@ -57,6 +57,16 @@ def test_without_the_token_the_page_asks_for_it_and_with_it_everything_works(gua
     wait_until("the timeline", 10, lambda: [s for _, s in page.timeline()][-1:] == ["running"])
     wait_until("errors loaded", 10, lambda: "Loading" not in page.find("#errors").text)
 
+    # A link to /metrics cannot carry the header: the page fetches it with the token and opens the text.
+    page.find("nav a[data-nav='daemon']").click()
+    main = page.driver.current_window_handle
+    page.find("#view-daemon .links a[href='/metrics']").click()
+    tab = wait_until("a new tab", 10, lambda: [h for h in page.driver.window_handles if h != main])[0]
+    page.driver.switch_to.window(tab)
+    wait_until("the metrics in it", 10, lambda: "mcpvisor_events_published_total" in page.find("body").text)
+    page.driver.close()
+    page.driver.switch_to.window(main)
+
     # Kept for the tab: a reload does not ask again.
     page.find("nav a[data-nav='overview']").click()
     page.driver.refresh()
