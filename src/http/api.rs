@@ -20,7 +20,7 @@ use crate::state::{WorkspaceRecord, WorkspaceStatus};
 use crate::supervisor::actor::{Command, SendError};
 
 pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
 /// `GET /readyz`: 200 once every workspace file was read and handed to its

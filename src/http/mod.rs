@@ -66,7 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/workspaces/{name}/mcp", post(proxy::mcp).get(proxy::mcp).delete(proxy::mcp))
         .route("/workspaces/{name}/sse", get(proxy::legacy_sse))
         .route("/workspaces/{name}/messages", post(proxy::legacy_messages))
-        .route("/", get(dashboard::page))
+        .merge(dashboard::routes())
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::check))
         .layer(axum::middleware::from_fn(error::json_errors))

@@ -11,11 +11,13 @@
 //! children run.
 
 mod events;
+mod resource_history;
 mod resources;
 mod status;
 mod view;
 
 pub use events::{Event, EventBus, StatusChange, Subscription, DEFAULT_RING_CAPACITY, STATUS_CHANGED};
+pub use resource_history::{ResourceHistory, ResourcePoint};
 pub use resources::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources};
 pub use status::{
     BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, Timestamp, WorkspaceRecord, WorkspaceStatus,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use super::resource_history::ResourceHistory;
 use super::status::Timestamp;
 
 /// How a child's process tree is held together (docs/reference.md §12).
@@ -57,6 +58,8 @@ pub struct ResourceSample {
 #[derive(Debug, Default)]
 pub struct ResourceView {
     current: ArcSwap<ResourceSample>,
+    /// The last minutes of samples per workspace, for the dashboard.
+    pub history: ResourceHistory,
 }
 
 impl ResourceView {
@@ -68,8 +71,10 @@ impl ResourceView {
         self.current.load().children.get(workspace).copied()
     }
 
-    /// Replaces the sample; only the sampler calls this.
+    /// Replaces the sample and adds it to the history; only the sampler
+    /// calls this.
     pub fn publish(&self, sample: ResourceSample) {
+        self.history.record(sample.sampled_at.unwrap_or_else(Timestamp::now), &sample.children);
         self.current.store(Arc::new(sample));
     }
 }
