@@ -153,6 +153,18 @@ impl Cgroups {
     }
 }
 
+/// What a child needs to be started in a workspace cgroup; see
+/// [`WorkspaceCgroup::join`].
+#[derive(Debug)]
+pub struct Joining {
+    /// The v2 cgroup directory.
+    pub dir: OwnedFd,
+    /// Its `cgroup.procs`.
+    pub procs: OwnedFd,
+    /// The v1 memory cgroup's `cgroup.procs`, if the memory limit is there.
+    pub memory_procs: Option<OwnedFd>,
+}
+
 /// One workspace's cgroup (and its v1 memory cgroup, if any).
 #[derive(Debug)]
 pub struct WorkspaceCgroup {
@@ -164,20 +176,23 @@ pub struct WorkspaceCgroup {
 }
 
 impl WorkspaceCgroup {
-    /// Opens the `cgroup.procs` files a child writes itself into between
-    /// fork and exec (`write(fd, "0")` moves the writer).
+    /// Opens what a child needs to be started in this cgroup: the v2
+    /// directory (for `clone3` with `CLONE_INTO_CGROUP`) and the
+    /// `cgroup.procs` files it writes itself into otherwise (and always for
+    /// a v1 memory cgroup; `write(fd, "0")` moves the writer).
     ///
     /// # Errors
-    /// A `cgroup.procs` cannot be opened.
-    pub fn open_procs(&self) -> Result<Vec<OwnedFd>, CgroupError> {
-        std::iter::once(&self.dir)
-            .chain(&self.memory_v1)
-            .map(|dir| {
-                let path = dir.join("cgroup.procs");
-                let file = OpenOptions::new().write(true).open(&path);
-                file.map(OwnedFd::from).map_err(|source| CgroupError::Write { path, source })
-            })
-            .collect()
+    /// A directory or `cgroup.procs` cannot be opened.
+    pub fn join(&self) -> Result<Joining, CgroupError> {
+        let open = |path: PathBuf, write: bool| {
+            let file = OpenOptions::new().read(!write).write(write).open(&path);
+            file.map(OwnedFd::from).map_err(|source| CgroupError::Write { path, source })
+        };
+        Ok(Joining {
+            dir: open(self.dir.clone(), false)?,
+            procs: open(self.dir.join("cgroup.procs"), true)?,
+            memory_procs: self.memory_v1.as_ref().map(|v1| open(v1.join("cgroup.procs"), true)).transpose()?,
+        })
     }
 
     /// Whether the kernel enforces the memory limit.
@@ -411,7 +426,8 @@ mod tests {
         let state = tempfile::tempdir().unwrap();
         let cgroups = Cgroups::setup(state.path()).unwrap();
         let cgroup = cgroups.workspace("unit", None).unwrap();
-        let fds = cgroup.open_procs().unwrap();
+        let joining = cgroup.join().unwrap();
+        let fds: Vec<OwnedFd> = std::iter::once(joining.procs).chain(joining.memory_procs).collect();
         let raw: Vec<i32> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         let mut command = std::process::Command::new("/bin/sh");
         command.args(["-c", "setsid sleep 60 & sleep 60"]);

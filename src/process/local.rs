@@ -3,6 +3,7 @@
 //! killed with the daemon, its output captured, its tree tracked (see
 //! [`Tracking`]).
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 
 use super::census::Census;
-use super::cgroup::{Cgroups, WorkspaceCgroup};
+use super::cgroup::{CgroupError, Cgroups, WorkspaceCgroup};
 use super::error::SpawnError;
+use super::fork::{self, Forked};
 use super::launcher::{Child, ExitInfo, Launcher};
 use super::logs::{LogSink, Stream};
 use super::reaper::Reaper;
@@ -57,22 +59,17 @@ impl Launcher for LocalLauncher {
             let job = spec.clone();
             let reaper = self.reaper.clone();
             let cgroups = self.cgroups.clone();
-            let (mut child, cgroup) = self.spawner.run(move || spawn_process(&job, &reaper, cgroups.as_ref())).await?;
-            let pid = child.id().expect("a just-spawned child has a pid");
-            // Held, not written: until stdio children are bridged to HTTP,
-            // this keeps a stdio server from seeing EOF and exiting.
-            let stdin = child.stdin.take();
-            let mut pumps = Vec::with_capacity(2);
-            if let Some(out) = child.stdout.take() {
-                pumps.push(tokio::spawn(logs.clone().pump(out, Stream::Stdout)));
-            }
-            if let Some(err) = child.stderr.take() {
-                pumps.push(tokio::spawn(logs.clone().pump(err, Stream::Stderr)));
-            }
+            let (mut leader, cgroup) = self.spawner.run(move || spawn_process(&job, &reaper, cgroups.as_ref())).await?;
+            let pid = leader.pid();
+            let (stdin, stdout, stderr) = leader.take_stdio();
+            let pumps = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)]
+                .into_iter()
+                .filter_map(|(pipe, stream)| Some(tokio::spawn(logs.clone().pump(pipe?, stream))))
+                .collect();
             let tracking = Arc::new(Tracking::new(&spec.workspace, pid as i32, self.reaper.clone(), cgroup));
             self.census.insert(tracking.clone());
             Ok(Box::new(LocalChild {
-                child,
+                leader,
                 pid,
                 tracking,
                 census: self.census.clone(),
@@ -88,21 +85,95 @@ impl Launcher for LocalLauncher {
     }
 }
 
+/// A child's main process, as it was started.
+enum Leader {
+    /// By tokio's `Command` (process groups; a cgroup without `clone3`).
+    Command(tokio::process::Child),
+    /// Straight into its cgroup by `clone3`.
+    Forked(Forked),
+}
+
+/// A pipe from the child's stdout or stderr.
+type OutputPipe = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+impl Leader {
+    fn pid(&self) -> u32 {
+        match self {
+            Leader::Command(child) => child.id().expect("a just-spawned child has a pid"),
+            Leader::Forked(forked) => forked.pid,
+        }
+    }
+
+    /// The parent's ends of stdin (when piped), stdout and stderr.
+    fn take_stdio(&mut self) -> (Option<OwnedFd>, Option<OutputPipe>, Option<OutputPipe>) {
+        fn boxed<R: tokio::io::AsyncRead + Send + Unpin + 'static>(pipe: Option<R>) -> Option<OutputPipe> {
+            pipe.map(|p| Box::new(p) as OutputPipe)
+        }
+        match self {
+            Leader::Command(child) => (
+                child.stdin.take().and_then(|s| s.into_owned_fd().ok()),
+                boxed(child.stdout.take()),
+                boxed(child.stderr.take()),
+            ),
+            Leader::Forked(forked) => (forked.stdin.take(), boxed(forked.stdout.take()), boxed(forked.stderr.take())),
+        }
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Leader::Command(child) => child.wait().await,
+            Leader::Forked(forked) => forked.wait().await,
+        }
+    }
+}
+
 /// Forks and execs `spec`, in its workspace's cgroup when `cgroups` are
 /// given and the cgroup can be made; runs on the spawner thread.
 fn spawn_process(
     spec: &LaunchSpec,
     reaper: &Reaper,
     cgroups: Option<&Cgroups>,
-) -> Result<(tokio::process::Child, Option<WorkspaceCgroup>), SpawnError> {
-    let (cgroup, procs) = match cgroups.map(|c| join_cgroup(c, spec)).transpose() {
+) -> Result<(Leader, Option<WorkspaceCgroup>), SpawnError> {
+    let parent = std::process::id() as i32;
+    let joined = cgroups.map(|c| c.workspace(&spec.workspace, spec.limits.memory_mb)).map(|made| {
+        let cgroup = made?;
+        let joining = cgroup.join()?;
+        Ok::<_, CgroupError>((cgroup, joining))
+    });
+    let (cgroup, joining) = match joined.transpose() {
         Ok(joined) => joined.unzip(),
         Err(e) => {
             tracing::warn!(workspace = %spec.workspace, "{e}; tracking the child by its process group");
             (None, None)
         }
     };
-    let procs: Vec<std::os::fd::RawFd> = procs.iter().flatten().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let spawn_error = |e| SpawnError::from_spawn(e, &spec.program);
+    if let Some(joining) = &joining {
+        let setup = fork::Setup {
+            procs: joining
+                .memory_procs
+                .iter()
+                .map(|fd| fd.try_clone())
+                .collect::<Result<_, _>>()
+                .map_err(spawn_error)?,
+            open_files: spec.limits.open_files,
+        };
+        let forked = reaper.spawn_leader(&spec.workspace, || {
+            let forked = fork::spawn_into(spec, &joining.dir, &setup, parent)?;
+            let pid = forked.pid;
+            Ok((forked, pid))
+        });
+        match forked {
+            Ok(forked) => return Ok((Leader::Forked(forked), cgroup)),
+            Err(e) if fork::unsupported(&e) => {
+                tracing::debug!("clone3 into a cgroup: {e}; the child moves itself there")
+            }
+            Err(e) => return Err(spawn_error(e)),
+        }
+    }
+    // Without clone3, the child writes itself into its cgroup(s).
+    let procs: Vec<RawFd> =
+        joining.iter().flat_map(|j| std::iter::once(&j.procs).chain(&j.memory_procs)).map(AsRawFd::as_raw_fd).collect();
     let mut command = tokio::process::Command::new(&spec.program);
     command
         .args(&spec.args)
@@ -114,7 +185,6 @@ fn spawn_process(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    let parent = std::process::id() as i32;
     let open_files = spec.limits.open_files;
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls (prctl, getppid, write, setrlimit,
@@ -144,22 +214,12 @@ fn spawn_process(
             let pid = child.id().expect("a just-spawned child has a pid");
             Ok((child, pid))
         })
-        .map_err(|e| SpawnError::from_spawn(e, &spec.program))?;
-    Ok((child, cgroup))
-}
-
-/// Makes the workspace's cgroup and opens what the child writes itself into.
-fn join_cgroup(
-    cgroups: &Cgroups,
-    spec: &LaunchSpec,
-) -> Result<(WorkspaceCgroup, Vec<std::os::fd::OwnedFd>), super::cgroup::CgroupError> {
-    let cgroup = cgroups.workspace(&spec.workspace, spec.limits.memory_mb)?;
-    let procs = cgroup.open_procs()?;
-    Ok((cgroup, procs))
+        .map_err(spawn_error)?;
+    Ok((Leader::Command(child), cgroup))
 }
 
 struct LocalChild {
-    child: tokio::process::Child,
+    leader: Leader,
     pid: u32,
     tracking: Arc<Tracking>,
     census: Arc<Census>,
@@ -172,8 +232,10 @@ struct LocalChild {
     killed: bool,
     /// The stdout and stderr copiers; they end at EOF.
     pumps: Vec<tokio::task::JoinHandle<()>>,
-    /// The open end of a `stdio` child's stdin.
-    _stdin: Option<tokio::process::ChildStdin>,
+    /// The open end of a `stdio` child's stdin. Held, not written: until
+    /// stdio children are bridged to HTTP, this keeps a stdio server from
+    /// seeing EOF and exiting.
+    _stdin: Option<OwnedFd>,
 }
 
 /// How long an exit waits for the child's last output lines. A grandchild
@@ -186,7 +248,7 @@ impl LocalChild {
             return exit;
         }
         use std::os::unix::process::ExitStatusExt;
-        let status = self.child.wait().await;
+        let status = self.leader.wait().await;
         self.reaper.forget_leader(self.pid);
         let exit = match status {
             Ok(status) => ExitInfo { code: status.code(), signal: status.signal() },

@@ -9,6 +9,7 @@
 pub mod census;
 pub mod cgroup;
 mod error;
+mod fork;
 pub mod guard;
 mod launcher;
 mod local;
