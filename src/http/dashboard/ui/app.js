@@ -36,9 +36,17 @@ async function act(name, action, button) {
 const overview = new Overview(views.overview, store, act);
 const daemon = new DaemonView(views.daemon, store, meta);
 
+// After a reconnect the list is read once more. Last-Event-ID replays what
+// was missed, but a daemon that restarted counts seq from 1 again, so an id
+// from its previous run can match the new ring and replay the wrong events.
+let opened = false;
 const live = new LiveStream('/api/events', {
   onEvent: (event) => store.onEvent(event),
   onState: (state, since) => showConnection(state, since),
+  onOpen: () => {
+    if (opened) store.scheduleReload();
+    opened = true;
+  },
 });
 meta.live = live;
 

@@ -216,6 +216,7 @@ export class Store {
     w.fetchedAt = performance.now();
   }
 
+  /** Reads the whole list again soon, once however often it is asked (a resync, a reconnect). */
   scheduleReload() {
     clearTimeout(this.reloadTimer);
     this.reloadTimer = setTimeout(() => this.loadAll().catch(() => {}), 300);
