@@ -230,24 +230,13 @@ async fn metric(daemon: &Daemon, name: &str) -> f64 {
     text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0.0)
 }
 
-/// Polls `probe` every 20 ms until it gives `Ok`; panics with its last `Err`
-/// after [`UP`].
-async fn eventually<T>(mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
-    let deadline = tokio::time::Instant::now() + UP;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(last) if tokio::time::Instant::now() >= deadline => panic!("not within {UP:?}: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
 /// Waits until the counter `name` reaches `at_least`.
 async fn wait_metric(daemon: &Daemon, name: &str, at_least: f64) -> f64 {
-    eventually(async || match metric(daemon, name).await {
-        value if value >= at_least => Ok(value),
-        value => Err(format!("{name} is {value}, below {at_least}")),
+    eventually(name, UP, || async {
+        match metric(daemon, name).await {
+            value if value >= at_least => Ok(value),
+            value => Err(format!("{name} is {value}, below {at_least}")),
+        }
     })
     .await
 }
@@ -260,9 +249,11 @@ async fn wait_scans(daemon: &Daemon, n: u32) {
 
 /// Waits until `GET path` answers `code`; returns its body.
 async fn wait_code(daemon: &Daemon, path: &str, code: u16) -> Value {
-    eventually(async || match daemon.get(path).await {
-        (now, body) if now == code => Ok(body),
-        (now, body) => Err(format!("{path} answers {now}: {body}")),
+    eventually(path, UP, || async {
+        match daemon.get(path).await {
+            (now, body) if now == code => Ok(body),
+            (now, body) => Err(format!("{path} answers {now}: {body}")),
+        }
     })
     .await
 }

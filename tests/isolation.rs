@@ -126,8 +126,8 @@ async fn sweep_matches_pid_and_start_time() {
     }});
     std::fs::write(dir.path().join("state/runtime.json"), runtime.to_string()).unwrap();
     let daemon = Daemon::start_at(dir.path(), port_range()).await;
+    // The sweep ran before `start` returned.
     assert!(ours.wait().unwrap().code().is_none(), "the recorded leftover was killed");
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(unrelated.try_wait().unwrap().is_none(), "the unrelated process lives");
     unrelated.kill().unwrap();
     let _ = unrelated.wait();
@@ -262,18 +262,6 @@ fn zombies_in(groups: &[u64]) -> Vec<u64> {
         .collect()
 }
 
-async fn eventually<T: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
-    let deadline = tokio::time::Instant::now() + UP;
-    loop {
-        let value = probe();
-        if done(&value) {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{what}: {value:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspace_reports_its_isolation_and_its_child_is_in_its_cgroup() {
     let daemon = Daemon::start(&[("boxed", demo())]).await;
@@ -314,8 +302,9 @@ async fn no_zombies_after_twenty_restarts_of_a_child_with_background_jobs() {
         let status = daemon.wait_for("jobs", UP, |s| s["restartCount"] == n && s["status"] == "running").await;
         leaders.push(status["pid"].as_u64().unwrap());
     }
-    eventually("zombies of the old trees", || zombies_in(&leaders), Vec::is_empty).await;
-    eventually("live processes: the child and its 20 jobs", || processes_of("jobs").len(), |n| *n == 21).await;
+    eventually_value("zombies of the old trees", UP, || zombies_in(&leaders), Vec::is_empty).await;
+    eventually_value("live processes: the child and its 20 jobs", UP, || processes_of("jobs").len(), |n| *n == 21)
+        .await;
     daemon.stop().await;
     assert!(zombies_in(&leaders).is_empty());
     assert!(processes_of("jobs").is_empty());
@@ -335,7 +324,7 @@ async fn escaped_descendant_is_gone_after_stop_and_after_shutdown() {
     });
     let daemon = Daemon::start(&[("escapee", ws)]).await;
     daemon.wait_status("escapee", "running", UP).await;
-    let escaped = eventually("the escapee", || processes_with_token(&token), |p| !p.is_empty()).await;
+    let escaped = eventually_value("the escapee", UP, || processes_with_token(&token), |p| !p.is_empty()).await;
     daemon.post("/api/workspaces/escapee/stop").await;
     daemon.wait_status("escapee", "stopped", UP).await;
     for pid in escaped {
@@ -343,7 +332,7 @@ async fn escaped_descendant_is_gone_after_stop_and_after_shutdown() {
     }
     daemon.post("/api/workspaces/escapee/start").await;
     daemon.wait_status("escapee", "running", UP).await;
-    let escaped = eventually("the escapee again", || processes_with_token(&token), |p| !p.is_empty()).await;
+    let escaped = eventually_value("the escapee again", UP, || processes_with_token(&token), |p| !p.is_empty()).await;
     daemon.stop().await;
     assert!(processes_with_token(&token).is_empty(), "after shutdown: {escaped:?}");
 }
@@ -370,7 +359,7 @@ async fn process_group_backend_stops_the_whole_tree_and_reaps_it() {
     let mut child = launcher.spawn(&spec, &LogSink::open(&ctx.logs_dir(), "pgtree")).await.unwrap();
     assert_eq!(child.isolation(), mcpvisor::state::Isolation::ProcessGroup);
     let tree = launcher.census().trees().pop().unwrap();
-    eventually("the tree", || tree.members().len(), |n| *n == 7).await;
+    eventually_value("the tree", UP, || tree.members().len(), |n| *n == 7).await;
     let pgid = child.pgid() as u64;
     child.signal(nix::sys::signal::Signal::SIGTERM);
     child.wait().await;
@@ -411,7 +400,7 @@ async fn kill_9_of_the_daemon_while_twenty_children_start_leaves_nothing() {
     };
     let mut daemon = serve(&workspaces, "127.0.0.1:0");
     // Children are starting once the first of them runs.
-    eventually("a first child", || processes_with_prefix(&prefix), |p| !p.is_empty()).await;
+    eventually_value("a first child", UP, || processes_with_prefix(&prefix), |p| !p.is_empty()).await;
     daemon.kill().unwrap();
     daemon.wait().unwrap();
     let runtime: serde_json::Value =
@@ -430,7 +419,8 @@ async fn kill_9_of_the_daemon_while_twenty_children_start_leaves_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "the next daemon never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = eventually("processes of the workspaces", || processes_with_prefix(&prefix), Vec::is_empty).await;
+    let left =
+        eventually_value("processes of the workspaces", UP, || processes_with_prefix(&prefix), Vec::is_empty).await;
     for root in &roots {
         let (members, cgroups) = cgroup_members(root);
         assert!(members.is_empty() && cgroups.is_empty(), "left in {}: {members:?} {cgroups:?}", root.display());

@@ -136,16 +136,26 @@ async fn cli_status_logs_and_exit_codes() {
 
     // `logs -f` shows the output of the next child as it starts.
     let mut follow = tokio::process::Command::new(MCPVISOR)
-        .args(["logs", "cli", "-n", "0", "-f", "--url", &daemon.url])
+        .args(["logs", "cli", "-n", "1", "-f", "--url", &daemon.url])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The last line already logged arrives first: the follower is connected.
+    tokio::time::timeout(UP, lines.next_line()).await.unwrap().unwrap().unwrap();
     let stop = run(args(&["restart", "cli"])).await;
     assert!(stop.status.success());
-    let line = tokio::time::timeout(UP, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let line = tokio::time::timeout(UP, async {
+        loop {
+            let line = lines.next_line().await.unwrap().unwrap();
+            if line.contains("listening on") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the new child's first line");
     assert!(line.contains("listening on"), "{line}");
     daemon.stop().await;
 }

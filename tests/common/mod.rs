@@ -58,6 +58,22 @@ where
     }
 }
 
+/// [`eventually`] for a probe that needs no await: polls until
+/// `done(&probe())`, panicking with the last value after `within`.
+pub async fn eventually_value<T: std::fmt::Debug>(
+    what: impl std::fmt::Display,
+    within: Duration,
+    mut probe: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    eventually(what, within, || {
+        let value = probe();
+        let result = if done(&value) { Ok(value) } else { Err(format!("{value:?}")) };
+        async move { result }
+    })
+    .await
+}
+
 /// How a test daemon runs.
 enum Run {
     /// `mcpvisor::start` in the test's own process.
