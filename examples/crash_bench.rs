@@ -223,7 +223,7 @@ async fn isolation(http: &reqwest::Client, url: &str) -> String {
                 return isolation.to_string();
             }
             if v["children"]["crash"].is_object() {
-                return "process-group (not reported)".into();
+                return "not reported".into();
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -332,11 +332,11 @@ async fn main() {
 
     println!();
     println!("kill -9 of the demo-server child -> a new child answers MCP initialize on the same port (1 ms poll)");
-    println!("  {:<40} {:>9} {:>9} {:>9} {:>9} {:>16}", "supervisor", "median", "p95", "min", "max", "median ratio");
+    println!("  {:<46} {:>9} {:>9} {:>9} {:>9} {:>16}", "supervisor", "median", "p95", "min", "max", "median ratio");
     let (mm, mp, mn, mx) = summary(&m.crash);
     let with_isolation = |name: &str, isolation: &str| format!("{name} [{isolation}]");
     println!(
-        "  {:<40} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>16}",
+        "  {:<46} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>16}",
         with_isolation("mcpvisor", &m.isolation),
         mm,
         mp,
@@ -349,7 +349,7 @@ async fn main() {
         others.push((with_isolation("mcpvisor, cgroup2 read-only", isolation), Ok(v.clone())));
     }
     if let Some((v, isolation)) = &before {
-        others.push((with_isolation("mcpvisor before (MCPVISOR_BEFORE)", isolation), Ok(v.clone())));
+        others.push((with_isolation("mcpvisor before", isolation), Ok(v.clone())));
     }
     others.push(("supervisord".into(), supervisord));
     others.push(("pm2".into(), pm2));
@@ -358,7 +358,7 @@ async fn main() {
             Ok(v) => {
                 let (a, b, c, d) = summary(v);
                 println!(
-                    "  {:<40} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>9.2} (p95 {:.2})",
+                    "  {:<46} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>9.2} (p95 {:.2})",
                     name,
                     a,
                     b,
@@ -368,7 +368,7 @@ async fn main() {
                     b / mp
                 );
             }
-            Err(e) => println!("  {name:<40} not measured: {e}"),
+            Err(e) => println!("  {name:<46} not measured: {e}"),
         }
     }
     println!(
