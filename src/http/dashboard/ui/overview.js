@@ -107,6 +107,7 @@ class Row {
     }
     this.shown = {};
     this.redSince = 0;
+    this.failuresShown = null;
     this.sparks = null;
   }
 
@@ -122,6 +123,16 @@ class Row {
     const now = performance.now();
     let again = 0;
     let b = badge(w);
+    // A row drawn for the first time (or scrolled into view) shows what is,
+    // not failures from before it existed.
+    const failures = w.failures ?? 0;
+    const unseenFailure = this.failuresShown != null && failures > this.failuresShown;
+    this.failuresShown = failures;
+    if (unseenFailure && b.tone !== 'red') {
+      // The failure came and went between two frames: show it all the same.
+      b = { tone: 'red', label: 'error' };
+      again = RED_AT_LEAST_MS;
+    }
     if (this.shown.tone === 'red' && b.tone !== 'red' && now - this.redSince < RED_AT_LEAST_MS) {
       again = RED_AT_LEAST_MS - (now - this.redSince);
       b = { tone: 'red', label: this.shown.label };

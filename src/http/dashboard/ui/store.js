@@ -174,6 +174,9 @@ export class Store {
         w.uptimeMs = null;
       }
     }
+    // A crash can be repaired faster than one frame: remember the failure
+    // until a row has shown it, so a red badge is never coalesced away.
+    if (p.status === 'error' && !fresh) w.failures = (w.failures ?? 0) + 1;
     for (const key of NOTIFIED) w[key] = p[key];
     if (w.breaker.state !== p.breaker) w.breaker = { ...w.breaker, state: p.breaker, nextRetryAt: null };
     if (!fresh) {
