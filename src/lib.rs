@@ -152,7 +152,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     // Before anything is spawned: kill what a crashed predecessor left.
     let (sweep_dir, roots) = (state_dir.clone(), cgroup_roots.clone());
     let swept =
-        tokio::task::spawn_blocking(move || process::runtime::sweep(&sweep_dir, &roots, Duration::from_secs(2)))
+        tokio::task::spawn_blocking(move || process::runtime::sweep(&sweep_dir, &roots, Duration::from_secs(2)).killed)
             .await
             .unwrap_or(0);
     if swept > 0 {

@@ -428,6 +428,9 @@ async fn kill_9_of_the_daemon_while_twenty_children_start_leaves_nothing() {
     assert!(left.is_empty());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(again.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(again.wait().unwrap().success());
+    for root in &roots {
+        assert!(!root.exists(), "a clean shutdown removes {}", root.display());
+    }
 }
 
 /// Sampling reads each tree's own processes: the daemon keeps no descriptor

@@ -89,12 +89,10 @@ impl Cgroups {
         } else {
             let own_v1 = groups.0.iter().find(|g| g.controllers.iter().any(|c| c == "memory"));
             let mount = mounts.iter().find(|m| m.fs_type == "cgroup" && m.super_options.contains_key("memory"));
-            own_v1
-                .zip(mount)
-                .map(|(own, mount)| {
-                    mounted_path(&mount.mount_point, &mount.root, &own.pathname).join("mcpvisor").join(&id)
-                })
-                .filter(|dir| create(dir).is_ok())
+            // Made when a workspace has a memory limit.
+            own_v1.zip(mount).map(|(own, mount)| {
+                mounted_path(&mount.mount_point, &mount.root, &own.pathname).join("mcpvisor").join(&id)
+            })
         };
         let root_in_hierarchy = Path::new("/").join(own_v2.pathname.trim_start_matches('/')).join("mcpvisor").join(&id);
         Ok(Cgroups { root, root_in_hierarchy, memory_v2, memory_v1 })
@@ -124,9 +122,10 @@ impl Cgroups {
                 write(&dir.join("memory.max"), &bytes.to_string())?;
             } else if let Some(v1) = &self.memory_v1 {
                 let v1 = v1.join(workspace);
-                create(&v1)?;
-                write(&v1.join("memory.limit_in_bytes"), &bytes.to_string())?;
-                memory_v1 = Some(v1);
+                match create(&v1).and_then(|()| write(&v1.join("memory.limit_in_bytes"), &bytes.to_string())) {
+                    Ok(()) => memory_v1 = Some(v1),
+                    Err(e) => tracing::warn!(workspace, "{e}; the memory limit is sampled, not enforced"),
+                }
             }
         }
         let enforced = limit.is_some() && (self.memory_v2 || memory_v1.is_some());
@@ -138,17 +137,22 @@ impl Cgroups {
     /// cgroup, at the end of a shutdown. Best effort: a cgroup with members
     /// stays, for the next startup sweep.
     pub fn remove(&self) {
-        for root in self.roots() {
-            if let Ok(dirs) = std::fs::read_dir(&root) {
-                for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
-                    let _ = remove_tree(&dir.path());
-                }
+        remove_roots(&self.roots());
+    }
+}
+
+/// Removes the empty workspace cgroups below `roots`, then `roots` and
+/// their parent (`mcpvisor`, shared by every state folder) if empty.
+pub fn remove_roots(roots: &[PathBuf]) {
+    for root in roots {
+        if let Ok(dirs) = std::fs::read_dir(root) {
+            for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
+                let _ = remove_tree(&dir.path());
             }
-            let _ = std::fs::remove_dir(&root);
-            // Shared by every state folder; it goes with the last of them.
-            if let Some(parent) = root.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
+        }
+        let _ = std::fs::remove_dir(root);
+        if let Some(parent) = root.parent() {
+            let _ = std::fs::remove_dir(parent);
         }
     }
 }
@@ -339,8 +343,18 @@ fn mounted_path(mount_point: &Path, mount_root: &str, pathname: &str) -> PathBuf
     mount_point.join(relative.trim_start_matches('/'))
 }
 
+/// Creates `dir` and its parents. Another daemon may remove the shared
+/// `mcpvisor` parent between two steps when it was empty: then again.
 fn create(dir: &Path) -> Result<(), CgroupError> {
-    std::fs::create_dir_all(dir).map_err(|source| CgroupError::Create { path: dir.to_path_buf(), source })
+    let mut attempts = 3;
+    loop {
+        attempts -= 1;
+        match std::fs::create_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts > 0 => {}
+            Err(source) => return Err(CgroupError::Create { path: dir.to_path_buf(), source }),
+        }
+    }
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {

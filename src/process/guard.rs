@@ -76,5 +76,8 @@ pub fn run(state_dir: &Path) -> usize {
     // Hold the state lock while sweeping, so a new daemon on the same state
     // folder cannot start children that this sweep would then kill.
     let _lock = crate::lock::wait_for(state_dir);
-    super::runtime::sweep(state_dir, &[], Duration::from_secs(2))
+    let swept = super::runtime::sweep(state_dir, &[], Duration::from_secs(2));
+    // No daemon runs on this folder now; the next one makes its cgroups anew.
+    super::cgroup::remove_roots(&swept.cgroups);
+    swept.killed
 }

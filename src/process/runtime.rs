@@ -114,12 +114,21 @@ impl RuntimeFile {
     }
 }
 
+/// What [`sweep`] did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Processes killed.
+    pub killed: usize,
+    /// The cgroup folders swept (each a parent of workspace cgroups).
+    pub cgroups: Vec<PathBuf>,
+}
+
 /// Kills what a previous run left: every workspace cgroup below the
 /// cgroup folders `state_dir/runtime.json` names and `cgroups` (removing
 /// them), then every recorded process that still runs (pid and start time
 /// match) with its descendants and group, waiting up to `within` for them
-/// to go. Returns how many processes were killed.
-pub fn sweep(state_dir: &Path, cgroups: &[PathBuf], within: Duration) -> usize {
+/// to go.
+pub fn sweep(state_dir: &Path, cgroups: &[PathBuf], within: Duration) -> Swept {
     let body = std::fs::read(state_dir.join("runtime.json")).ok().and_then(|bytes| {
         let body = serde_json::from_slice::<RuntimeFileBody>(&bytes);
         body.inspect_err(|e| tracing::warn!("state/runtime.json is unreadable ({e}); only cgroups swept")).ok()
@@ -129,7 +138,8 @@ pub fn sweep(state_dir: &Path, cgroups: &[PathBuf], within: Duration) -> usize {
     let mut roots: Vec<PathBuf> =
         body.cgroups.iter().filter(|c| super::cgroup::is_state_root(c, state_dir)).cloned().collect();
     roots.extend(cgroups.iter().filter(|c| !roots.contains(c)).cloned().collect::<Vec<_>>());
-    super::cgroup::sweep(&roots, within) + sweep_recorded(&body, within)
+    let killed = super::cgroup::sweep(&roots, within) + sweep_recorded(&body, within);
+    Swept { killed, cgroups: roots }
 }
 
 /// The process-group part of [`sweep`].
