@@ -6,7 +6,7 @@
 //! (c) stop of a workspace whose tree has 200 processes: POST /stop to the
 //!     `stopped` notification (the tree is gone by then), 5 runs.
 //!
-//! Reproduce: `cargo build --release && cargo run --release --example hardening_bench`
+//! Reproduce: `cargo build --release && cargo run --release --example hardening_bench [a|b|c ...]`
 
 mod support;
 
@@ -114,8 +114,17 @@ async fn stop_a_200_process_tree(exe: &std::path::Path) {
 async fn main() {
     let exe = support::mcpvisor_exe();
     print_header("hardening_bench", &exe, "");
-    garbage_session_ids(&exe).await;
-    fds_with_100_workspaces(&exe).await;
-    stop_a_200_process_tree(&exe).await;
+    // `hardening_bench a c` runs only those parts; no argument runs all.
+    let parts: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    if wanted("a") {
+        garbage_session_ids(&exe).await;
+    }
+    if wanted("b") {
+        fds_with_100_workspaces(&exe).await;
+    }
+    if wanted("c") {
+        stop_a_200_process_tree(&exe).await;
+    }
     print_footer("hardening_bench");
 }

@@ -149,7 +149,8 @@ fn shipped_files() -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_file_shows_config_error_while_others_run() {
     let daemon = Daemon::start(&[("good", demo())]).await;
-    std::fs::write(daemon.workspaces().join("broken.json"), r#"{"command": "x", "bogus": true}"#).unwrap();
+    // Written atomically: a half-written file would be a syntax error first.
+    daemon.write("broken", &serde_json::json!({"command": "x", "bogus": true}));
     daemon.wait_status("good", "running", Duration::from_secs(20)).await;
     let broken = daemon.wait_for("broken", Duration::from_secs(10), |s| !s["configError"].is_null()).await;
     assert_eq!(broken["status"], "error");
