@@ -767,7 +767,7 @@ mod driver {
         let bus = EventBus::new(Arc::new(StateView::new()), 64);
         let ctx = Arc::new(SupervisorContext {
             launcher: launcher.clone(),
-            ports: crate::ports::PortAllocator::load(dir.path(), 45000..=45010),
+            ports: crate::ports::PortAllocator::load(dir.path(), 45000..=45010, Default::default()),
             bus: bus.clone(),
             launch: LaunchContext {
                 workspaces_dir: dir.path().into(),
@@ -775,7 +775,7 @@ mod driver {
                 mcpvisor_exe: "/bin/true".into(),
             },
             prober: Arc::new(ReadyProber),
-            runtime: crate::process::runtime::RuntimeFile::new(dir.path(), vec![]),
+            runtime: crate::process::runtime::RuntimeFile::new(dir.path(), vec![], Default::default()),
             metrics: crate::metrics::Metrics::new(crate::metrics::StateSources {
                 bus: bus.clone(),
                 resources: Default::default(),
