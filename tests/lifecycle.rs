@@ -142,6 +142,10 @@ async fn an_idle_child_stops_with_reason_idle_keeps_its_port_and_the_next_call_s
     let running = daemon.wait_status("idler", "running", Duration::from_secs(10)).await;
     let pid = running["pid"].as_u64().unwrap();
     assert_eq!(rmcp_call(&mcp_url(&daemon, "idler"), "pid", json!({})).await, pid.to_string());
+    // A call longer than idleStop is activity all along: the child is not stopped under it.
+    let slow = rmcp_call(&mcp_url(&daemon, "idler"), "sleep", json!({"ms": 3000})).await;
+    assert_eq!(slow, "slept 3000 ms");
+    assert_eq!(daemon.status("idler").await["pid"], running["pid"]);
 
     let idle = wait_stopped(&daemon, "idler", "idle", Duration::from_secs(20)).await;
     wait_gone(pid, Duration::from_secs(10)).await;
