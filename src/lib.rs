@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod demo_server;
 mod fsutil;
+pub mod history;
 pub mod http;
 pub mod lock;
 pub mod metrics;
@@ -59,6 +60,10 @@ pub struct ServeConfig {
     pub proxy_timeout: Duration,
     /// Timeouts and the connection limit of the HTTP server.
     pub http: http::ServerLimits,
+    /// `--max-workspaces`: at most this many workspaces run; more are errors.
+    pub max_workspaces: Option<usize>,
+    /// `--max-memory-mb`: the most RSS all trees may use together, in MiB.
+    pub max_memory_mb: Option<u64>,
 }
 
 impl ServeConfig {
@@ -76,6 +81,8 @@ impl ServeConfig {
             event_ring: DEFAULT_RING_CAPACITY,
             proxy_timeout: http::proxy::DEFAULT_REQUEST_TIMEOUT,
             http: http::ServerLimits::default(),
+            max_workspaces: None,
+            max_memory_mb: None,
         }
     }
 }
@@ -178,6 +185,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let spawner = process::spawner::Spawner::start(tokio::runtime::Handle::current());
     let launcher = Arc::new(LocalLauncher::new(spawner, reaper.clone(), cgroups.clone()));
     let runtime = process::runtime::RuntimeFile::new(&state_dir, cgroup_roots);
+    let (history, history_writer) = history::History::new(&state_dir.join("history"));
     let ctx = Arc::new(SupervisorContext {
         launcher: launcher.clone(),
         ports: PortAllocator::load(&state_dir, config.port_range.clone()),
@@ -190,6 +198,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         prober: Arc::new(supervisor::probe::McpProber::new()),
         runtime: runtime.clone(),
         metrics,
+        history,
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),
@@ -200,6 +209,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     };
     let registry = Arc::new(Registry::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let (file_requests, file_requests_receiver) = mpsc::channel(64);
+    let writer =
+        Arc::new(supervisor::writes::ConfigWriter::new(workspaces_dir.clone(), file_requests, ctx.history.clone()));
     let tracker = TaskTracker::new();
     let actors_cancel = CancellationToken::new();
 
@@ -213,6 +225,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         listen_host: config.listen.ip().to_string(),
         shutdown: shutdown.clone(),
         proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
+        writer,
     });
     let server = tokio::spawn(http::serve(listener, http::router(app), config.http.clone(), shutdown.clone()));
     tracing::info!(%addr, workspaces = %workspaces_dir.display(), state = %state_dir.display(), "serving");
@@ -238,7 +251,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         config.rescan_every,
         watcher,
         changes_tx,
-    );
+    )
+    .with_requests(file_requests_receiver)
+    .with_max_workspaces(config.max_workspaces);
     let manager = tracker.spawn(manager.run(changes));
     tracker.spawn(resources::run_sampler(
         launcher.census(),
@@ -248,6 +263,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         actors_cancel.clone(),
     ));
     tracker.spawn(reaper.clone().run(actors_cancel.clone()));
+    tracker.spawn(history_writer.run(actors_cancel.clone()));
 
     let done = tokio::spawn(async move {
         shutdown.cancelled().await;

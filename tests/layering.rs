@@ -26,6 +26,8 @@ enum Rule {
 /// - `metrics` renders what `state/` holds.
 /// - `resources` (the sampler) measures `process/` trees into `state/`.
 /// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
+/// - `history` (the git-backed config history) knows only `state/` (for
+///   timestamps): it stores bytes and never applies anything.
 const RULES: &[(&str, Rule)] = &[
     ("process", Rule::Forbid(&["supervisor", "http"])),
     ("state", Rule::Forbid(&["supervisor", "http", "process"])),
@@ -34,6 +36,7 @@ const RULES: &[(&str, Rule)] = &[
     ("resources", Rule::Only(&["state", "process"])),
     ("lock", Rule::Only(&[])),
     ("sse", Rule::Only(&[])),
+    ("history", Rule::Only(&["state"])),
 ];
 
 /// The top-level modules a line of Rust reaches through `crate::` paths,

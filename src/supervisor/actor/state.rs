@@ -112,6 +112,31 @@ pub enum Input {
     Tick,
 }
 
+/// How a changed config fared: its verdict (docs/reference.md §10).
+///
+/// A config counts as applied only once its child reaches `running`; the
+/// core then keeps it as the last good one, to go back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its child reached `running`, or it needed no child (disabled, stopped).
+    Applied,
+    /// Its child did not reach `running`; the last config that ran is back
+    /// (running again, or failed too, as the status shows).
+    RolledBack { to: String, message: String },
+    /// Its child did not reach `running`, and no config ran before it.
+    Failed { message: String },
+}
+
+/// A change whose child failed before `running`, replaced by the last
+/// config that ran; shown until the file changes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    pub failed_version: String,
+    pub restored_version: String,
+    /// Lowercase: what was rolled back, to what, and why.
+    pub message: String,
+}
+
 /// A status transition to publish as one `workspace/statusChanged`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
@@ -155,6 +180,12 @@ pub struct View {
     pub breaker_failures: u32,
     /// When the pending start runs, and what it is (`restart`, `half-open trial`).
     pub pending: Option<(Instant, &'static str)>,
+    /// The version of the file as last read, whatever became of it.
+    pub file_version: Option<String>,
+    /// The version of the last config that was applied (docs/reference.md §10).
+    pub applied_version: Option<String>,
+    /// The last change that was rolled back, until the file changes again.
+    pub rolled_back: Option<RolledBack>,
 }
 
 /// One thing for the driver to do, in order.
@@ -183,6 +214,8 @@ pub enum Effect {
     /// The actor is done: its child tree is gone. `removed` when the
     /// workspace itself went away.
     Finish { removed: bool },
+    /// A changed config settled: applied, rolled back or failed.
+    Verdict { version: String, verdict: Verdict },
 }
 
 /// One run of a child, from spawn until its tree is gone.
@@ -308,6 +341,19 @@ struct Supervised {
     port: Option<u16>,
     isolation: Option<Isolation>,
     last_health_check: Option<Instant>,
+    /// The version of the file as last read.
+    file_version: String,
+    /// The version of the last config that was applied.
+    applied_version: Option<String>,
+    /// The last config whose child reached `running`: where a failed change goes back to.
+    last_good: Option<(Arc<WorkspaceConfig>, String)>,
+    /// The version in force whose child has yet to reach `running`.
+    trial: Option<String>,
+    /// The last change that was rolled back, until the file changes again.
+    rolled_back: Option<RolledBack>,
+    /// Whether the restored config's child has yet to run (or fail): the
+    /// verdict of a rollback waits for it.
+    rollback_settling: bool,
 }
 
 /// The workspace, as the actor's decisions see it.
@@ -349,9 +395,13 @@ impl Core {
             Workspace::NeverValid { .. } => self.publish(&mut out, Status::Stopped, "config invalid"),
             Workspace::Supervised(ws) if ws.config.enabled => {
                 ws.desired_running = true;
+                ws.trial = Some(ws.version.clone());
                 self.spawn("start", &mut out);
             }
-            Workspace::Supervised(_) => self.publish(&mut out, Status::Stopped, "disabled"),
+            Workspace::Supervised(_) => {
+                self.publish(&mut out, Status::Stopped, "disabled");
+                self.applied(&mut out);
+            }
         }
         out
     }
@@ -421,6 +471,9 @@ impl Core {
                 breaker: BreakerState::Closed,
                 breaker_failures: 0,
                 pending: None,
+                file_version: None,
+                applied_version: None,
+                rolled_back: None,
             },
             Workspace::Supervised(ws) => ws.view(),
         }
@@ -539,6 +592,19 @@ impl Core {
         let jitter = self.jitter();
         let reason = failure.reason;
         let Some(ws) = self.ws() else { return };
+        let verdict = match ws.trial.take() {
+            Some(trial) => {
+                let good = ws.last_good.clone().filter(|(_, good)| *good != trial && ws.desired_running);
+                if let Some((config, version)) = good {
+                    self.roll_back(trial, config, version, failure, from, out);
+                    return;
+                }
+                Some(Effect::Verdict { version: trial, verdict: Verdict::Failed { message: failure.message.clone() } })
+            }
+            // The restored config failed too: the rollback is over all the same.
+            None => self.settle_rollback(),
+        };
+        let Some(ws) = self.ws() else { return };
         out.push(Effect::Failed(failure));
         ws.breaker.record_failure(now);
         let next = if ws.desired_running && ws.config.restart.policy != RestartPolicy::Never {
@@ -557,6 +623,78 @@ impl Core {
             None => next,
         };
         self.publish(out, from, reason);
+        out.extend(verdict);
+    }
+
+    /// Goes back from the failed `trial` to the last config that ran:
+    /// kills what is left of the trial's child, then starts the good one.
+    fn roll_back(
+        &mut self,
+        trial: String,
+        config: Arc<WorkspaceConfig>,
+        version: String,
+        failure: Failure,
+        from: Status,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(ws) = self.ws() else { return };
+        let message = format!("rolled back to {version}: config {trial} did not reach running: {}", failure.message);
+        out.push(Effect::Failed(failure));
+        // Going back is a config change: the breaker and backoff start over.
+        ws.backoff = Backoff::new(config.restart.backoff_initial, config.restart.backoff_max);
+        ws.breaker = Breaker::new(config.circuit_breaker.clone());
+        ws.config = config;
+        ws.version = version.clone();
+        ws.applied_version = Some(version.clone());
+        ws.rolled_back = Some(RolledBack { failed_version: trial, restored_version: version, message });
+        ws.rollback_settling = true;
+        match ws.state.child().copied() {
+            Some(child) => {
+                out.push(Effect::Kill { child: child.id });
+                let reason = "rolled back";
+                ws.state = State::Stopping { child, kill_at: None, reason, then: Then::Start { reason } };
+                self.publish(out, from, reason);
+            }
+            None => {
+                ws.state = State::Failed;
+                self.publish(out, from, "rolled back");
+                self.spawn("rolled back", out);
+            }
+        }
+    }
+
+    /// The verdict of a rollback whose restored child ran or failed.
+    fn settle_rollback(&mut self) -> Option<Effect> {
+        let ws = self.ws()?;
+        if !std::mem::take(&mut ws.rollback_settling) {
+            return None;
+        }
+        let rolled_back = ws.rolled_back.as_ref()?;
+        let verdict =
+            Verdict::RolledBack { to: rolled_back.restored_version.clone(), message: rolled_back.message.clone() };
+        Some(Effect::Verdict { version: rolled_back.failed_version.clone(), verdict })
+    }
+
+    /// The child of the config in force reached `running`: it is the last
+    /// good config now, and a trial or a rollback settles.
+    fn on_ready(&mut self, out: &mut Vec<Effect>) {
+        let verdict = self.settle_rollback();
+        let Some(ws) = self.ws() else { return };
+        ws.last_good = Some((ws.config.clone(), ws.version.clone()));
+        if ws.trial.is_some() {
+            self.applied(out);
+        }
+        out.extend(verdict);
+    }
+
+    /// The config in force is applied: its trial, if any, is over.
+    fn applied(&mut self, out: &mut Vec<Effect>) {
+        let Some(ws) = self.ws() else { return };
+        ws.trial = None;
+        ws.applied_version = Some(ws.version.clone());
+        let version = ws.version.clone();
+        self.update(out);
+        out.push(Effect::Verdict { version, verdict: Verdict::Applied });
     }
 
     fn on_start(&mut self, now: Instant, out: &mut Vec<Effect>) {
@@ -667,13 +805,21 @@ impl Core {
             ws.desired_running = enabled;
             self.workspace = Workspace::Supervised(Box::new(ws));
             if enabled {
+                if let Some(ws) = self.ws() {
+                    ws.trial = Some(ws.version.clone());
+                }
                 self.spawn_from(from, "config valid", out);
             } else {
                 self.publish(out, from, "disabled");
+                self.applied(out);
             }
             return;
         };
-        let had_error = ws.config_error.take().is_some();
+        // A new file ends what was said about the last one.
+        let rolled_back = ws.rolled_back.take().is_some();
+        ws.rollback_settling = false;
+        ws.file_version = version.clone();
+        let had_error = ws.config_error.take().is_some() || rolled_back;
         let differs = ws.config.child_differs(&config);
         let was_enabled = ws.config.enabled;
         ws.version = version;
@@ -690,6 +836,7 @@ impl Core {
             } else {
                 self.stop(Then::Stop { reason: "disabled" }, now, out);
             }
+            self.applied(out);
             return;
         }
         if !was_enabled {
@@ -700,12 +847,26 @@ impl Core {
         }
         let restart = ws.desired_running && (differs || ws.state.child().is_none() && !was_enabled);
         if restart {
+            // Applied only once the new child runs (docs/reference.md §10).
+            ws.trial = Some(ws.version.clone());
             let reason = if differs { "config changed" } else { "enabled" };
             self.stop(Then::Start { reason }, now, out);
-        } else if had_error {
+            return;
+        }
+        if ws.trial.is_some() {
+            // The same child is still on trial, now under the new version.
+            ws.trial = Some(ws.version.clone());
+        } else if matches!(ws.state, State::Running { .. }) {
+            ws.last_good = Some((ws.config.clone(), ws.version.clone()));
+        }
+        let on_trial = ws.trial.is_some();
+        if had_error {
             let status = self.status();
             self.publish(out, status, "config valid");
-        } else {
+        }
+        if !on_trial {
+            self.applied(out);
+        } else if !had_error {
             self.update(out);
         }
     }
@@ -713,7 +874,11 @@ impl Core {
     fn on_invalid(&mut self, error: FileError, out: &mut Vec<Effect>) {
         match &mut self.workspace {
             Workspace::NeverValid { error: old } => *old = error,
-            Workspace::Supervised(ws) => ws.config_error = Some(error),
+            Workspace::Supervised(ws) => {
+                ws.config_error = Some(error);
+                ws.rolled_back = None;
+                ws.rollback_settling = false;
+            }
         }
         let status = self.status();
         self.publish(out, status, "config invalid");
@@ -836,6 +1001,7 @@ impl Core {
                     };
                     out.push(Effect::Ready { after });
                     self.go(state, "ready", out);
+                    self.on_ready(out);
                 }
                 Err(e) => {
                     let timeout = humantime::format_duration(ws.config.health.startup_timeout);
@@ -946,7 +1112,6 @@ impl Supervised {
             backoff: Backoff::new(config.restart.backoff_initial, config.restart.backoff_max),
             breaker: Breaker::new(config.circuit_breaker.clone()),
             config,
-            version,
             config_error: None,
             desired_running: false,
             state: State::Stopped,
@@ -955,6 +1120,13 @@ impl Supervised {
             port: None,
             isolation: None,
             last_health_check: None,
+            file_version: version.clone(),
+            applied_version: None,
+            last_good: None,
+            trial: None,
+            rolled_back: None,
+            rollback_settling: false,
+            version,
         }
     }
 
@@ -988,6 +1160,9 @@ impl Supervised {
             breaker: self.breaker.state(),
             breaker_failures: self.breaker.failures(),
             pending: self.state.pending(),
+            file_version: Some(self.file_version.clone()),
+            applied_version: self.applied_version.clone(),
+            rolled_back: self.rolled_back.clone(),
         }
     }
 }
