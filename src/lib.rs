@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod demo_server;
+pub mod doctor;
 mod fsutil;
 pub mod history;
 pub mod http;

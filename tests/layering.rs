@@ -28,6 +28,8 @@ enum Rule {
 /// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
 /// - `history` (the git-backed config history) knows only `state/` (for
 ///   timestamps): it stores bytes and never applies anything.
+/// - `doctor` (the system check) holds beliefs against `/proc` and files; it
+///   is handed the beliefs and knows nothing of who holds them.
 const RULES: &[(&str, Rule)] = &[
     ("process", Rule::Forbid(&["supervisor", "http"])),
     ("state", Rule::Forbid(&["supervisor", "http", "process"])),
@@ -37,6 +39,7 @@ const RULES: &[(&str, Rule)] = &[
     ("lock", Rule::Only(&[])),
     ("sse", Rule::Only(&[])),
     ("history", Rule::Only(&["state"])),
+    ("doctor", Rule::Forbid(&["supervisor", "http"])),
 ];
 
 /// The top-level modules a line of Rust reaches through `crate::` paths,

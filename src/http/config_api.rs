@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::error::Query;
 use super::{api, ApiError, AppState};
+use crate::doctor;
 use crate::history::{HistoryError, Outcome, Source};
 use crate::supervisor::writes::{Change, Write, WriteError, WriteOutcome};
 
@@ -143,6 +144,35 @@ pub async fn revision(
 ) -> Result<Response, ApiError> {
     let content = state.ctx.history.show(&name, &rev).await.map_err(history_error)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], content).into_response())
+}
+
+/// `GET /api/debug/validate`: the system check (see [`crate::doctor`]).
+pub async fn validate(State(state): State<Arc<AppState>>) -> Json<doctor::Report> {
+    let ctx = &state.ctx;
+    let workspaces = ctx
+        .bus
+        .view()
+        .load()
+        .workspaces
+        .values()
+        .map(|r| doctor::Believed {
+            name: r.status.workspace.clone(),
+            status: r.status.status,
+            pid: r.status.pid,
+            pgid: r.pgid,
+            port: r.status.port,
+        })
+        .collect();
+    let beliefs = doctor::Beliefs {
+        workspaces,
+        runtime: ctx.runtime.entries(),
+        allocations: ctx.ports.allocations(),
+        ports_file: ctx.launch.state_dir.join("ports.json"),
+        workspaces_dir: ctx.launch.workspaces_dir.clone(),
+        history: ctx.history.check().await.map_err(|e| e.to_string()),
+    };
+    let issues = tokio::task::spawn_blocking(move || doctor::check(&beliefs)).await.unwrap_or_default();
+    Json(doctor::Report::new(issues))
 }
 
 /// Runs `write` and answers: 200 with the status once applied, 409 after a

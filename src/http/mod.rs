@@ -71,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/workspaces/{name}/rollback", post(config_api::rollback))
         .route("/api/events", get(sse::all_events))
         .route("/api/debug/state", get(debug::all))
+        .route("/api/debug/validate", get(config_api::validate))
         .route("/api/debug/state/{component}", get(debug::component))
         .route("/metrics", get(api::metrics))
         .route("/workspaces/{name}/mcp", post(proxy::mcp).get(proxy::mcp).delete(proxy::mcp))
