@@ -227,6 +227,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         shutdown: shutdown.clone(),
         proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
         writer,
+        limits: http::DaemonLimits { max_workspaces: config.max_workspaces, max_memory_mb: config.max_memory_mb },
     });
     let server = tokio::spawn(http::serve(listener, http::router(app), config.http.clone(), shutdown.clone()));
     tracing::info!(%addr, workspaces = %workspaces_dir.display(), state = %state_dir.display(), "serving");
@@ -242,6 +243,16 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             None
         }
     };
+    if let Some(limit_mb) = config.max_memory_mb {
+        let enforce = supervisor::memory::enforce(
+            limit_mb,
+            resources.clone(),
+            registry.clone(),
+            config.sample_every,
+            actors_cancel.clone(),
+        );
+        tracker.spawn(enforce);
+    }
     let manager = Manager::new(
         ctx.clone(),
         registry,

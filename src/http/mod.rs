@@ -48,6 +48,16 @@ pub struct AppState {
     pub proxy: Arc<proxy::Proxy>,
     /// Writes workspace files for the API (docs/reference.md §10).
     pub writer: Arc<crate::supervisor::writes::ConfigWriter>,
+    /// `serve --max-workspaces` and `--max-memory-mb`, for the debug view.
+    pub limits: DaemonLimits,
+}
+
+/// The daemon-wide limits of `serve` (docs/reference.md §10).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonLimits {
+    pub max_workspaces: Option<usize>,
+    pub max_memory_mb: Option<u64>,
 }
 
 /// Builds the router over `state`; tests drive it with `oneshot`. Every

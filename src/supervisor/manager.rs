@@ -222,10 +222,15 @@ impl Manager {
                 match read_file(&path) {
                     Ok(Some(file)) => {
                         let version = file.version.clone();
-                        if let Some(entry) = self.take_file(file, source).await {
-                            if let (Some(version), Some(reply)) = (version, reply) {
-                                let _ = entry.handle.send(Command::AwaitVerdict { version, reply });
-                            }
+                        let limit = self.limit_error(&file);
+                        let entry = self.take_file(file, source).await;
+                        let Some(reply) = reply else { return };
+                        if self.over_limit.contains(&name) {
+                            // Refused, not pending: the writer undoes the write.
+                            let message = limit.errors.into_iter().map(|e| e.message).collect();
+                            let _ = reply.send(Verdict::Failed { message });
+                        } else if let (Some(entry), Some(version)) = (entry, version) {
+                            let _ = entry.handle.send(Command::AwaitVerdict { version, reply });
                         }
                     }
                     Ok(None) => {}

@@ -5,6 +5,7 @@ pub mod actor;
 pub mod backoff;
 pub mod breaker;
 mod manager;
+pub mod memory;
 pub mod probe;
 pub mod writes;
 

@@ -29,4 +29,7 @@ pub enum Command {
     /// Tell `reply` how config `version` fared once it settled (at once if
     /// it did already); `reply` is dropped when another config supersedes it.
     AwaitVerdict { version: String, reply: oneshot::Sender<Verdict> },
+    /// The daemon is over `--max-memory-mb` and this workspace's tree is the
+    /// largest: restart the child as a memory-limit failure.
+    OverDaemonMemory { message: String },
 }

@@ -110,6 +110,9 @@ pub enum Input {
     Memory { child: ChildId, rss_bytes: u64 },
     /// Time passed [`Core::next_deadline`].
     Tick,
+    /// The daemon is over `--max-memory-mb` and this tree is the largest:
+    /// the child is restarted as a memory-limit failure.
+    OverDaemonMemory { message: String },
 }
 
 /// How a changed config fared: its verdict (docs/reference.md §10).
@@ -499,6 +502,7 @@ impl Core {
             Input::Probe { child, kind, result } => self.on_probe(child, kind, result, now, &mut out),
             Input::Memory { child, rss_bytes } => self.on_memory(child, rss_bytes, now, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
+            Input::OverDaemonMemory { message } => self.on_over_daemon_memory(message, now, &mut out),
         }
         out
     }
@@ -1053,6 +1057,15 @@ impl Core {
             format!("memory limit: the process tree uses {} MiB, over the {limit} MiB limit", rss_bytes >> 20);
         let failure = Failure { message, reason: "memory limit", kind: "memory limit".into(), exit: None };
         self.fail(failure, now, out);
+    }
+
+    fn on_over_daemon_memory(&mut self, message: String, now: Instant, out: &mut Vec<Effect>) {
+        let live =
+            self.supervised().is_some_and(|ws| matches!(ws.state, State::Starting { .. } | State::Running { .. }));
+        if live {
+            let failure = Failure { message, reason: "memory limit", kind: "memory limit".into(), exit: None };
+            self.fail(failure, now, out);
+        }
     }
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Effect>) {

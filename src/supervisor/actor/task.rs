@@ -188,6 +188,7 @@ impl Driver {
                 }
                 (Input::Tick, None)
             }
+            Command::OverDaemonMemory { message } => (Input::OverDaemonMemory { message }, None),
             Command::Invalid(error) => {
                 tracing::warn!("workspace file is invalid; keeping the last good config:\n{error}");
                 (Input::Invalid(error), None)

@@ -463,6 +463,21 @@ fn a_first_config_that_never_runs_fails_without_a_rollback() {
 }
 
 #[test]
+fn the_daemon_memory_limit_restarts_a_live_child_only() {
+    let mut bench = Bench::running();
+    let effects = bench.step(Input::OverDaemonMemory { message: "memory limit: over".into() });
+    assert_eq!(moves(&effects), ["running>error:memory limit"]);
+    assert!(has(&effects, |e| matches!(e, Effect::Kill { .. })));
+    bench.exit(137);
+    assert_eq!(moves(&bench.gone()), ["error>starting:restart"]);
+    bench.step(Input::Stop);
+    bench.exit(0);
+    bench.gone();
+    let effects = bench.step(Input::OverDaemonMemory { message: "memory limit: over".into() });
+    assert!(effects.is_empty(), "a stopped workspace has nothing to restart: {effects:?}");
+}
+
+#[test]
 fn an_invalid_file_keeps_the_child() {
     let mut bench = Bench::running();
     let effects = bench.step(Input::Invalid(file_error()));
@@ -554,6 +569,7 @@ mod invariants {
         ToDeadline,
         FailSpawns(bool),
         Remove,
+        DaemonMemory,
     }
 
     fn action() -> impl Strategy<Value = Action> {
@@ -573,6 +589,7 @@ mod invariants {
             6 => Just(Action::ToDeadline),
             2 => any::<bool>().prop_map(Action::FailSpawns),
             1 => Just(Action::Remove),
+            1 => Just(Action::DaemonMemory),
         ]
     }
 
@@ -799,6 +816,7 @@ mod invariants {
                         }
                     }
                     Action::FailSpawns(fail) => run.world.fail_spawns = fail,
+                    Action::DaemonMemory => run.step(Input::OverDaemonMemory { message: "over".into() })?,
                     Action::Remove => {
                         run.world.wanted = false;
                         run.step(Input::Remove)?;
