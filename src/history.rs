@@ -347,6 +347,9 @@ impl Writer {
     async fn handle(&mut self, message: Message) {
         match message {
             Message::Stage { workspace, version, content, source } => {
+                // A workspace has one change on trial at a time: an older
+                // one still staged was superseded and gets no verdict.
+                self.staged.retain(|(staged, _), _| *staged != workspace);
                 self.staged.insert((workspace, version), Staged { content, source });
             }
             Message::Verdict { workspace, version, outcome } => {
@@ -431,10 +434,13 @@ mod tests {
         let (history, writer) = History::new(&dir.path().join("history"));
         let cancel = CancellationToken::new();
         let task = tokio::spawn(writer.run(cancel.clone()));
+        history.stage("dev", "sha256:x", Arc::from(&b"{}"[..]), Source::File);
         history.stage("dev", "sha256:a", Arc::from(&b"{\"command\":\"a\"}"[..]), Source::Api);
-        history.stage("dev", "sha256:b", Arc::from(&b"{\"command\":\"b\"}"[..]), Source::File);
+        // x was superseded by a: its late verdict commits nothing, nor does one never staged.
+        history.verdict("dev", "sha256:x", Outcome::Applied);
         history.verdict("dev", "sha256:a", Outcome::Applied);
         history.verdict("dev", "sha256:z", Outcome::Applied);
+        history.stage("dev", "sha256:b", Arc::from(&b"{\"command\":\"b\"}"[..]), Source::File);
         history.record("other", None, Arc::from(&b"{"[..]), Source::File, Outcome::Invalid);
         history.verdict("dev", "sha256:b", Outcome::RolledBack);
         history.flush().await;
