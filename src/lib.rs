@@ -7,7 +7,9 @@
 pub mod cli;
 pub mod config;
 pub mod demo_server;
+pub mod doctor;
 mod fsutil;
+pub mod history;
 pub mod http;
 pub mod lock;
 pub mod metrics;
@@ -59,6 +61,10 @@ pub struct ServeConfig {
     pub proxy_timeout: Duration,
     /// Timeouts and the connection limit of the HTTP server.
     pub http: http::ServerLimits,
+    /// `--max-workspaces`: at most this many workspaces run; more are errors.
+    pub max_workspaces: Option<usize>,
+    /// `--max-memory-mb`: the most RSS all trees may use together, in MiB.
+    pub max_memory_mb: Option<u64>,
 }
 
 impl ServeConfig {
@@ -76,6 +82,8 @@ impl ServeConfig {
             event_ring: DEFAULT_RING_CAPACITY,
             proxy_timeout: http::proxy::DEFAULT_REQUEST_TIMEOUT,
             http: http::ServerLimits::default(),
+            max_workspaces: None,
+            max_memory_mb: None,
         }
     }
 }
@@ -179,6 +187,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     let launcher = Arc::new(LocalLauncher::new(spawner, reaper.clone(), cgroups.clone()));
     let state_files = Arc::new(tokio::sync::Notify::new());
     let runtime = process::runtime::RuntimeFile::new(&state_dir, cgroup_roots, state_files.clone());
+    let (history, history_writer) = history::History::new(&state_dir.join("history"));
     let ctx = Arc::new(SupervisorContext {
         launcher: launcher.clone(),
         ports: PortAllocator::load(&state_dir, config.port_range.clone(), state_files.clone()),
@@ -191,6 +200,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         prober: Arc::new(supervisor::probe::McpProber::new()),
         runtime: runtime.clone(),
         metrics,
+        history,
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),
@@ -201,6 +211,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     };
     let registry = Arc::new(Registry::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let (file_requests, file_requests_receiver) = mpsc::channel(64);
+    let writer =
+        Arc::new(supervisor::writes::ConfigWriter::new(workspaces_dir.clone(), file_requests, ctx.history.clone()));
     let tracker = TaskTracker::new();
     let actors_cancel = CancellationToken::new();
 
@@ -214,6 +227,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         listen_host: config.listen.ip().to_string(),
         shutdown: shutdown.clone(),
         proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
+        writer,
+        limits: http::DaemonLimits { max_workspaces: config.max_workspaces, max_memory_mb: config.max_memory_mb },
     });
     let server = tokio::spawn(http::serve(listener, http::router(app), config.http.clone(), shutdown.clone()));
     tracing::info!(%addr, workspaces = %workspaces_dir.display(), state = %state_dir.display(), "serving");
@@ -229,6 +244,16 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             None
         }
     };
+    if let Some(limit_mb) = config.max_memory_mb {
+        let enforce = supervisor::memory::enforce(
+            limit_mb,
+            resources.clone(),
+            registry.clone(),
+            config.sample_every,
+            actors_cancel.clone(),
+        );
+        tracker.spawn(enforce);
+    }
     let manager = Manager::new(
         ctx.clone(),
         registry,
@@ -239,7 +264,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         config.rescan_every,
         watcher,
         changes_tx,
-    );
+    )
+    .with_requests(file_requests_receiver)
+    .with_max_workspaces(config.max_workspaces);
     let manager = tracker.spawn(manager.run(changes));
     tracker.spawn(resources::run_sampler(
         launcher.census(),
@@ -250,6 +277,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     ));
     tracker.spawn(reaper.clone().run(actors_cancel.clone()));
     tracker.spawn(retry_state_files(ctx.clone(), state_files, actors_cancel.clone()));
+    tracker.spawn(history_writer.run(actors_cancel.clone()));
 
     let done = tokio::spawn(async move {
         shutdown.cancelled().await;

@@ -26,6 +26,10 @@ enum Rule {
 /// - `metrics` renders what `state/` holds.
 /// - `resources` (the sampler) measures `process/` trees into `state/`.
 /// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
+/// - `history` (the git-backed config history) knows only `state/` (for
+///   timestamps): it stores bytes and never applies anything.
+/// - `doctor` (the system check) holds beliefs against `/proc` and files; it
+///   is handed the beliefs and knows nothing of who holds them.
 const RULES: &[(&str, Rule)] = &[
     ("process", Rule::Forbid(&["supervisor", "http"])),
     ("state", Rule::Forbid(&["supervisor", "http", "process"])),
@@ -34,6 +38,8 @@ const RULES: &[(&str, Rule)] = &[
     ("resources", Rule::Only(&["state", "process"])),
     ("lock", Rule::Only(&[])),
     ("sse", Rule::Only(&[])),
+    ("history", Rule::Only(&["state"])),
+    ("doctor", Rule::Forbid(&["supervisor", "http"])),
 ];
 
 /// The top-level modules a line of Rust reaches through `crate::` paths,

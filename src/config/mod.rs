@@ -25,7 +25,7 @@ pub use types::{
     StopSignal, Transport, WorkspaceConfig,
 };
 pub use validate::{
-    escape_controls, is_valid_name, is_workspace_file, load_dir, load_file, name_of, parse, read_file, scan_dir,
-    ConfigError, FileError, LoadedFile, ReadError, Scan, MAX_FILE_BYTES,
+    escape_controls, is_valid_name, is_workspace_file, judge_bytes, load_dir, load_file, name_of, parse, read_file,
+    scan_dir, ConfigError, FileError, LoadedFile, ReadError, Scan, MAX_FILE_BYTES,
 };
 pub use watcher::{ConfigWatcher, DEBOUNCE};

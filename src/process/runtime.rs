@@ -100,6 +100,11 @@ impl RuntimeFile {
         }
     }
 
+    /// Every workspace's entry as held now (for the system check).
+    pub fn entries(&self) -> BTreeMap<String, RuntimeEntry> {
+        self.body.lock().unwrap().workspaces.clone()
+    }
+
     pub fn remove(&self, workspace: &str) {
         let mut body = self.body.lock().unwrap();
         if body.workspaces.remove(workspace).is_some() {

@@ -253,6 +253,8 @@ mod tests {
                 config_error: None,
                 config_version: None,
                 resources: None,
+                applied_version: None,
+                file_version: None,
             },
             pgid: None,
             desired_config_version: None,

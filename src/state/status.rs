@@ -168,6 +168,13 @@ pub struct WorkspaceStatus {
     pub config_error: Option<FileError>,
     pub config_version: Option<String>,
     pub resources: Option<Resources>,
+    /// The version of the last config that was applied: its child reached
+    /// `running`, or it needed none (docs/reference.md §10).
+    #[serde(default)]
+    pub applied_version: Option<String>,
+    /// The version of the workspace file as last read, applied or not.
+    #[serde(default)]
+    pub file_version: Option<String>,
 }
 
 /// Everything an actor publishes about its workspace: the public status plus

@@ -123,6 +123,34 @@ pub enum Input {
     Activity { child: ChildId, last_request: Option<Instant>, open: u32 },
     /// The answer to [`Effect::ReservePort`].
     PortReserved { port: u16 },
+    /// The daemon is over `--max-memory-mb` and this tree is the largest:
+    /// the child is restarted as a memory-limit failure.
+    OverDaemonMemory { message: String },
+}
+
+/// How a changed config fared: its verdict (docs/reference.md §10).
+///
+/// A config counts as applied only once its child reaches `running`; the
+/// core then keeps it as the last good one, to go back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its child reached `running`, or it needed no child (disabled, stopped).
+    Applied,
+    /// Its child did not reach `running`; the last config that ran is back
+    /// (running again, or failed too, as the status shows).
+    RolledBack { to: String, message: String },
+    /// Its child did not reach `running`, and no config ran before it.
+    Failed { message: String },
+}
+
+/// A change whose child failed before `running`, replaced by the last
+/// config that ran; shown until the file changes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    pub failed_version: String,
+    pub restored_version: String,
+    /// Lowercase: what was rolled back, to what, and why.
+    pub message: String,
 }
 
 /// A status transition to publish as one `workspace/statusChanged`.
@@ -168,6 +196,12 @@ pub struct View {
     pub breaker_failures: u32,
     /// When the pending start runs, and what it is (`restart`, `half-open trial`).
     pub pending: Option<(Instant, &'static str)>,
+    /// The version of the file as last read, whatever became of it.
+    pub file_version: Option<String>,
+    /// The version of the last config that was applied (docs/reference.md §10).
+    pub applied_version: Option<String>,
+    /// The last change that was rolled back, until the file changes again.
+    pub rolled_back: Option<RolledBack>,
 }
 
 /// One thing for the driver to do, in order.
@@ -205,6 +239,8 @@ pub enum Effect {
     /// Allocate the workspace's port without starting it (an on-demand
     /// workspace gets its port at once); answered with [`Input::PortReserved`].
     ReservePort,
+    /// A changed config settled: applied, rolled back or failed.
+    Verdict { version: String, verdict: Verdict },
 }
 
 /// One run of a child, from spawn until its tree is gone.
@@ -334,6 +370,19 @@ struct Supervised {
     parked: bool,
     /// The idle clock of the current run.
     idle: IdleClock,
+    /// The version of the file as last read.
+    file_version: String,
+    /// The version of the last config that was applied.
+    applied_version: Option<String>,
+    /// The last config whose child reached `running`: where a failed change goes back to.
+    last_good: Option<(Arc<WorkspaceConfig>, String)>,
+    /// The version in force whose child has yet to reach `running`.
+    trial: Option<String>,
+    /// The last change that was rolled back, until the file changes again.
+    rolled_back: Option<RolledBack>,
+    /// Whether the restored config's child has yet to run (or fail): the
+    /// verdict of a rollback waits for it.
+    rollback_settling: bool,
 }
 
 /// The workspace, as the actor's decisions see it.
@@ -376,12 +425,17 @@ impl Core {
             Workspace::Supervised(ws) if lifecycle::waits_for_demand(&ws.config) => {
                 out.push(Effect::ReservePort);
                 self.publish(&mut out, Status::Stopped, "on-demand");
+                self.applied(&mut out);
             }
             Workspace::Supervised(ws) if ws.config.enabled => {
                 ws.desired_running = true;
+                ws.trial = Some(ws.version.clone());
                 self.spawn("start", &mut out);
             }
-            Workspace::Supervised(_) => self.publish(&mut out, Status::Stopped, "disabled"),
+            Workspace::Supervised(_) => {
+                self.publish(&mut out, Status::Stopped, "disabled");
+                self.applied(&mut out);
+            }
         }
         out
     }
@@ -454,6 +508,9 @@ impl Core {
                 breaker: BreakerState::Closed,
                 breaker_failures: 0,
                 pending: None,
+                file_version: None,
+                applied_version: None,
+                rolled_back: None,
             },
             Workspace::Supervised(ws) => ws.view(),
         }
@@ -487,6 +544,7 @@ impl Core {
                     self.update(&mut out);
                 }
             }
+            Input::OverDaemonMemory { message } => self.on_over_daemon_memory(message, now, &mut out),
         }
         out
     }
@@ -582,6 +640,19 @@ impl Core {
         let jitter = self.jitter();
         let reason = failure.reason;
         let Some(ws) = self.ws() else { return };
+        let verdict = match ws.trial.take() {
+            Some(trial) => {
+                let good = ws.last_good.clone().filter(|(_, good)| *good != trial && ws.desired_running);
+                if let Some((config, version)) = good {
+                    self.roll_back(trial, config, version, failure, from, out);
+                    return;
+                }
+                Some(Effect::Verdict { version: trial, verdict: Verdict::Failed { message: failure.message.clone() } })
+            }
+            // The restored config failed too: the rollback is over all the same.
+            None => self.settle_rollback(),
+        };
+        let Some(ws) = self.ws() else { return };
         out.push(Effect::Failed(failure));
         ws.breaker.record_failure(now);
         let next = if ws.desired_running && ws.config.restart.policy != RestartPolicy::Never {
@@ -600,6 +671,78 @@ impl Core {
             None => next,
         };
         self.publish(out, from, reason);
+        out.extend(verdict);
+    }
+
+    /// Goes back from the failed `trial` to the last config that ran:
+    /// kills what is left of the trial's child, then starts the good one.
+    fn roll_back(
+        &mut self,
+        trial: String,
+        config: Arc<WorkspaceConfig>,
+        version: String,
+        failure: Failure,
+        from: Status,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(ws) = self.ws() else { return };
+        let message = format!("rolled back to {version}: config {trial} did not reach running: {}", failure.message);
+        out.push(Effect::Failed(failure));
+        // Going back is a config change: the breaker and backoff start over.
+        ws.backoff = Backoff::new(config.restart.backoff_initial, config.restart.backoff_max);
+        ws.breaker = Breaker::new(config.circuit_breaker.clone());
+        ws.config = config;
+        ws.version = version.clone();
+        ws.applied_version = Some(version.clone());
+        ws.rolled_back = Some(RolledBack { failed_version: trial, restored_version: version, message });
+        ws.rollback_settling = true;
+        match ws.state.child().copied() {
+            Some(child) => {
+                out.push(Effect::Kill { child: child.id });
+                let reason = "rolled back";
+                ws.state = State::Stopping { child, kill_at: None, reason, then: Then::Start { reason } };
+                self.publish(out, from, reason);
+            }
+            None => {
+                ws.state = State::Failed;
+                self.publish(out, from, "rolled back");
+                self.spawn("rolled back", out);
+            }
+        }
+    }
+
+    /// The verdict of a rollback whose restored child ran or failed.
+    fn settle_rollback(&mut self) -> Option<Effect> {
+        let ws = self.ws()?;
+        if !std::mem::take(&mut ws.rollback_settling) {
+            return None;
+        }
+        let rolled_back = ws.rolled_back.as_ref()?;
+        let verdict =
+            Verdict::RolledBack { to: rolled_back.restored_version.clone(), message: rolled_back.message.clone() };
+        Some(Effect::Verdict { version: rolled_back.failed_version.clone(), verdict })
+    }
+
+    /// The child of the config in force reached `running`: it is the last
+    /// good config now, and a trial or a rollback settles.
+    fn on_ready(&mut self, out: &mut Vec<Effect>) {
+        let verdict = self.settle_rollback();
+        let Some(ws) = self.ws() else { return };
+        ws.last_good = Some((ws.config.clone(), ws.version.clone()));
+        if ws.trial.is_some() {
+            self.applied(out);
+        }
+        out.extend(verdict);
+    }
+
+    /// The config in force is applied: its trial, if any, is over.
+    fn applied(&mut self, out: &mut Vec<Effect>) {
+        let Some(ws) = self.ws() else { return };
+        ws.trial = None;
+        ws.applied_version = Some(ws.version.clone());
+        let version = ws.version.clone();
+        self.update(out);
+        out.push(Effect::Verdict { version, verdict: Verdict::Applied });
     }
 
     fn on_start(&mut self, now: Instant, out: &mut Vec<Effect>) {
@@ -785,14 +928,23 @@ impl Core {
             if on_demand {
                 out.push(Effect::ReservePort);
                 self.publish(out, from, "on-demand");
+                self.applied(out);
             } else if enabled {
+                if let Some(ws) = self.ws() {
+                    ws.trial = Some(ws.version.clone());
+                }
                 self.spawn_from(from, "config valid", out);
             } else {
                 self.publish(out, from, "disabled");
+                self.applied(out);
             }
             return;
         };
-        let had_error = ws.config_error.take().is_some();
+        // A new file ends what was said about the last one.
+        let rolled_back = ws.rolled_back.take().is_some();
+        ws.rollback_settling = false;
+        ws.file_version = version.clone();
+        let had_error = ws.config_error.take().is_some() || rolled_back;
         let differs = ws.config.child_differs(&config);
         let was_enabled = ws.config.enabled;
         ws.version = version;
@@ -809,6 +961,7 @@ impl Core {
             } else {
                 self.stop(Then::Stop { reason: "disabled" }, now, out);
             }
+            self.applied(out);
             return;
         }
         if !was_enabled && lifecycle::waits_for_demand(&ws.config) {
@@ -820,6 +973,7 @@ impl Core {
                 State::Stopped => self.publish(out, Status::Stopped, "on-demand"),
                 _ => self.update(out),
             }
+            self.applied(out);
             return;
         }
         if !was_enabled {
@@ -830,12 +984,26 @@ impl Core {
         }
         let restart = ws.desired_running && (differs || ws.state.child().is_none() && !was_enabled);
         if restart {
+            // Applied only once the new child runs (docs/reference.md §10).
+            ws.trial = Some(ws.version.clone());
             let reason = if differs { "config changed" } else { "enabled" };
             self.stop(Then::Start { reason }, now, out);
-        } else if had_error {
+            return;
+        }
+        if ws.trial.is_some() {
+            // The same child is still on trial, now under the new version.
+            ws.trial = Some(ws.version.clone());
+        } else if matches!(ws.state, State::Running { .. }) {
+            ws.last_good = Some((ws.config.clone(), ws.version.clone()));
+        }
+        let on_trial = ws.trial.is_some();
+        if had_error {
             let status = self.status();
             self.publish(out, status, "config valid");
-        } else {
+        }
+        if !on_trial {
+            self.applied(out);
+        } else if !had_error {
             self.update(out);
         }
     }
@@ -843,7 +1011,11 @@ impl Core {
     fn on_invalid(&mut self, error: FileError, out: &mut Vec<Effect>) {
         match &mut self.workspace {
             Workspace::NeverValid { error: old } => *old = error,
-            Workspace::Supervised(ws) => ws.config_error = Some(error),
+            Workspace::Supervised(ws) => {
+                ws.config_error = Some(error);
+                ws.rolled_back = None;
+                ws.rollback_settling = false;
+            }
         }
         let status = self.status();
         self.publish(out, status, "config invalid");
@@ -966,6 +1138,7 @@ impl Core {
                     };
                     out.push(Effect::Ready { after });
                     self.go(state, "ready", out);
+                    self.on_ready(out);
                 }
                 Err(e) => {
                     let timeout = humantime::format_duration(ws.config.health.startup_timeout);
@@ -1017,6 +1190,15 @@ impl Core {
             format!("memory limit: the process tree uses {} MiB, over the {limit} MiB limit", rss_bytes >> 20);
         let failure = Failure { message, reason: "memory limit", kind: "memory limit".into(), exit: None };
         self.fail(failure, now, out);
+    }
+
+    fn on_over_daemon_memory(&mut self, message: String, now: Instant, out: &mut Vec<Effect>) {
+        let live =
+            self.supervised().is_some_and(|ws| matches!(ws.state, State::Starting { .. } | State::Running { .. }));
+        if live {
+            let failure = Failure { message, reason: "memory limit", kind: "memory limit".into(), exit: None };
+            self.fail(failure, now, out);
+        }
     }
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
@@ -1082,7 +1264,6 @@ impl Supervised {
             backoff: Backoff::new(config.restart.backoff_initial, config.restart.backoff_max),
             breaker: Breaker::new(config.circuit_breaker.clone()),
             config,
-            version,
             config_error: None,
             desired_running: false,
             state: State::Stopped,
@@ -1093,6 +1274,13 @@ impl Supervised {
             last_health_check: None,
             parked: false,
             idle: IdleClock::default(),
+            file_version: version.clone(),
+            applied_version: None,
+            last_good: None,
+            trial: None,
+            rolled_back: None,
+            rollback_settling: false,
+            version,
         }
     }
 
@@ -1126,6 +1314,9 @@ impl Supervised {
             breaker: self.breaker.state(),
             breaker_failures: self.breaker.failures(),
             pending: self.state.pending(),
+            file_version: Some(self.file_version.clone()),
+            applied_version: self.applied_version.clone(),
+            rolled_back: self.rolled_back.clone(),
         }
     }
 }

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::handle::{WorkspaceHandle, COMMAND_QUEUE};
 use super::messages::Command;
-use super::state::{ChildId, Core, Effect, Failure, Input, ProbeKind, SpawnFailure, Spawned, View};
+use super::state::{ChildId, Core, Effect, Failure, Input, ProbeKind, SpawnFailure, Spawned, Verdict, View};
 use crate::config::{FileError, WorkspaceConfig};
 use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, LogSink};
@@ -67,6 +67,8 @@ pub fn spawn(
         log_mark: 0,
         deferred: None,
         removed: None,
+        waiters: Vec::new(),
+        last_verdict: None,
     };
     tracker.spawn(driver.run().instrument(span));
     WorkspaceHandle::new(sender, activity)
@@ -104,6 +106,10 @@ struct Driver {
     activity: Arc<Activity>,
     /// The reason of the last transition, shown in the status.
     reason: Option<&'static str>,
+    /// Who waits for the verdict on which config version (API writes).
+    waiters: Vec<(String, oneshot::Sender<Verdict>)>,
+    /// The last verdict, for a waiter that comes after it.
+    last_verdict: Option<(String, Verdict)>,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -176,8 +182,21 @@ impl Driver {
                         }
                     }
                 }
+                // A waiter for another version hears nothing more: its
+                // sender drops, which says it was superseded.
+                self.waiters.retain(|(v, _)| *v == version);
                 (Input::Apply { config, version }, None)
             }
+            Command::AwaitVerdict { version, reply } => {
+                match &self.last_verdict {
+                    Some((v, verdict)) if *v == version => {
+                        let _ = reply.send(verdict.clone());
+                    }
+                    _ => self.waiters.push((version, reply)),
+                }
+                (Input::Tick, None)
+            }
+            Command::OverDaemonMemory { message } => (Input::OverDaemonMemory { message }, None),
             Command::Invalid(error) => {
                 tracing::warn!("workspace file is invalid; keeping the last good config:\n{error}");
                 (Input::Invalid(error), None)
@@ -248,6 +267,7 @@ impl Driver {
                         Ok(port) => answers.push(Input::PortReserved { port }),
                         Err(e) => tracing::warn!("allocating a port for the first request: {e}"),
                     },
+                    Effect::Verdict { version, verdict } => self.verdict(version, verdict),
                     Effect::Finish { removed } => {
                         self.abort_probe();
                         if removed {
@@ -264,6 +284,21 @@ impl Driver {
                 queue.extend(self.core.step(input, Instant::now()));
             }
         }
+    }
+
+    /// Records a verdict in the history and tells whoever waits for it.
+    fn verdict(&mut self, version: String, verdict: Verdict) {
+        use crate::history::Outcome;
+        let outcome = match verdict {
+            Verdict::Applied => Outcome::Applied,
+            Verdict::RolledBack { .. } | Verdict::Failed { .. } => Outcome::RolledBack,
+        };
+        tracing::info!(version, outcome = outcome.as_str(), "config settled");
+        self.ctx.history.verdict(&self.name, &version, outcome);
+        for (_, reply) in self.waiters.extract_if(.., |(v, _)| *v == version) {
+            let _ = reply.send(verdict.clone());
+        }
+        self.last_verdict = Some((version, verdict));
     }
 
     fn slot(&mut self, id: ChildId) -> Option<&mut Slot> {
@@ -387,9 +422,11 @@ impl Driver {
                     next_retry_at: view.pending.map(|(at, _)| wall_of(at)),
                 },
                 last_error: self.errors.back().cloned(),
-                config_error: view.config_error.clone(),
+                config_error: view.config_error.clone().or_else(|| self.rollback_error(view)),
                 config_version: view.version.clone(),
                 resources: None,
+                applied_version: view.applied_version.clone(),
+                file_version: view.file_version.clone(),
             },
             pgid: view.pgid,
             desired_config_version: view.version.clone(),
@@ -399,6 +436,22 @@ impl Driver {
             limits: config.map(|c| c.limits.clone()).unwrap_or_default(),
             hold_for: config.filter(|c| c.enabled && c.lifecycle.holds_requests()).map(|c| c.health.startup_timeout),
         }
+    }
+}
+
+impl Driver {
+    /// The `configError` of a rollback: what was rolled back and why, then
+    /// the failed child's error and its stderr tail (docs/reference.md §10).
+    fn rollback_error(&self, view: &View) -> Option<FileError> {
+        let rolled_back = view.rolled_back.as_ref()?;
+        let file = self.ctx.launch.workspaces_dir.join(format!("{}.json", self.name));
+        let mut errors = vec![crate::config::ConfigError { at: String::new(), message: rolled_back.message.clone() }];
+        let failed = self.errors.iter().rev().find(|e| rolled_back.message.contains(&e.message));
+        if let Some(failed) = failed {
+            let lines = failed.stderr_tail.iter().map(|line| format!("stderr: {line}"));
+            errors.extend(lines.map(|message| crate::config::ConfigError { at: String::new(), message }));
+        }
+        Some(FileError { file, errors })
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::state::{ChildId, Core, Effect, Input, ProbeKind, SpawnFailure, Spawned, Transition};
+use super::state::{ChildId, Core, Effect, Input, ProbeKind, SpawnFailure, Spawned, Transition, Verdict};
 use crate::config::{parse, FileError, WorkspaceConfig};
 use crate::process::ExitInfo;
 use crate::state::{BreakerState, Health, Isolation, Status};
@@ -331,6 +331,152 @@ fn config_changes_restart_disable_and_reenable() {
     assert_eq!(moves(&effects), ["stopped>starting:enabled"], "enabling alone starts the child");
 }
 
+/// The verdicts in `effects`, as `version:verdict`.
+fn verdicts(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Verdict { version, verdict: Verdict::Applied } => Some(format!("{version}:applied")),
+            Effect::Verdict { version, verdict: Verdict::RolledBack { to, .. } } => {
+                Some(format!("{version}:rolled back to {to}"))
+            }
+            Effect::Verdict { version, verdict: Verdict::Failed { .. } } => Some(format!("{version}:failed")),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spawned_config(effects: &[Effect]) -> Option<Arc<WorkspaceConfig>> {
+    effects.iter().find_map(|e| match e {
+        Effect::Spawn { config, .. } => Some(config.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_config_counts_as_applied_only_once_its_child_runs() {
+    let (mut bench, effects) = Bench::new(quick());
+    assert!(verdicts(&effects).is_empty(), "the first child has not run yet");
+    assert_eq!(verdicts(&bench.ready()), ["v1:applied"]);
+    assert_eq!(bench.core.view().applied_version.as_deref(), Some("v1"));
+
+    let changed = config(r#"{"command": "y", "stop": {"grace": "5s"}}"#);
+    let effects = bench.step(Input::Apply { config: changed, version: "v2".into() });
+    assert!(verdicts(&effects).is_empty(), "on trial until its child runs");
+    bench.exit(0);
+    bench.gone();
+    let view = bench.core.view();
+    assert_eq!((view.applied_version.as_deref(), view.file_version.as_deref()), (Some("v1"), Some("v2")));
+    assert_eq!(verdicts(&bench.ready()), ["v2:applied"]);
+    assert_eq!(bench.core.view().applied_version.as_deref(), Some("v2"));
+
+    // A change that needs no new child is applied at once.
+    let described = config(r#"{"command": "y", "stop": {"grace": "5s"}, "description": "d"}"#);
+    let effects = bench.step(Input::Apply { config: described, version: "v3".into() });
+    assert_eq!(verdicts(&effects), ["v3:applied"]);
+    assert!(moves(&effects).is_empty());
+}
+
+#[test]
+fn a_changed_config_whose_child_fails_rolls_back_to_the_last_that_ran() {
+    let mut bench = Bench::running();
+    let good = bench.core.config().unwrap().clone();
+    let broken = config(r#"{"command": "broken", "stop": {"grace": "5s"}}"#);
+    bench.step(Input::Apply { config: broken.clone(), version: "v2".into() });
+    bench.exit(0);
+    let effects = bench.gone();
+    assert!(Arc::ptr_eq(&spawned_config(&effects).unwrap(), &broken));
+
+    let effects = bench.exit(3);
+    assert_eq!(moves(&effects), ["starting>stopping:rolled back"]);
+    assert!(has(&effects, |e| matches!(e, Effect::Failed(f) if f.message.contains("exited"))));
+    assert!(has(&effects, |e| matches!(e, Effect::Kill { .. })), "what is left of the tree is killed");
+    assert!(verdicts(&effects).is_empty(), "the verdict waits for the old child");
+    let view = bench.core.view();
+    assert_eq!(view.version.as_deref(), Some("v1"));
+    assert_eq!(view.file_version.as_deref(), Some("v2"));
+    let rolled_back = view.rolled_back.expect("the rollback is shown");
+    assert!(rolled_back.message.starts_with("rolled back to v1: config v2 did not reach running"), "{rolled_back:?}");
+
+    let effects = bench.gone();
+    assert_eq!(moves(&effects), ["stopping>stopped:rolled back", "stopped>starting:rolled back"]);
+    assert!(Arc::ptr_eq(&spawned_config(&effects).unwrap(), &good), "the last good config runs again");
+    assert_eq!(verdicts(&bench.ready()), ["v2:rolled back to v1"]);
+    assert_eq!(bench.core.view().applied_version.as_deref(), Some("v1"));
+    assert!(bench.core.view().rolled_back.is_some(), "said until the file changes");
+
+    // The next file (the old one restored, or a fix) ends what was said.
+    let effects = bench.step(Input::Apply { config: good, version: "v1".into() });
+    assert_eq!(moves(&effects), ["running>running:config valid"]);
+    assert_eq!(verdicts(&effects), ["v1:applied"]);
+    assert!(bench.core.view().rolled_back.is_none());
+}
+
+#[test]
+fn a_trial_that_misses_its_startup_deadline_or_cannot_spawn_rolls_back() {
+    let mut bench = Bench::running();
+    let slow = config(r#"{"command": "slow", "stop": {"grace": "5s"}, "health": {"startupTimeout": "2s"}}"#);
+    bench.step(Input::Apply { config: slow, version: "v2".into() });
+    bench.exit(0);
+    bench.gone();
+    let effects = bench.advance(Duration::from_secs(60));
+    assert_eq!(moves(&effects), ["starting>stopping:rolled back"]);
+    bench.exit(137);
+    bench.gone();
+    bench.ready();
+    assert_eq!(bench.core.view().version.as_deref(), Some("v1"));
+
+    let missing = config(r#"{"command": "missing", "stop": {"grace": "5s"}}"#);
+    bench.step(Input::Apply { config: missing, version: "v3".into() });
+    bench.exit(0);
+    bench.fail_spawns = true;
+    let effects = bench.gone();
+    assert_eq!(
+        moves(&effects),
+        [
+            "stopping>stopped:config changed",
+            "stopped>starting:config changed",
+            "starting>error:rolled back",
+            "error>starting:rolled back",
+            // The restored config cannot spawn either: the rollback settles
+            // all the same, and the workspace backs off as usual.
+            "starting>error:spawn failed",
+        ]
+    );
+    assert_eq!(verdicts(&effects), ["v3:rolled back to v1"]);
+}
+
+#[test]
+fn a_first_config_that_never_runs_fails_without_a_rollback() {
+    let (mut bench, _) = Bench::new(quick());
+    let effects = bench.exit(1);
+    assert_eq!(moves(&effects), ["starting>error:exited"]);
+    assert_eq!(verdicts(&effects), ["v1:failed"]);
+    assert_eq!(moves(&bench.gone()), ["error>starting:restart"]);
+    // A second config after one that never ran has nothing to go back to.
+    let other = config(r#"{"command": "other"}"#);
+    bench.step(Input::Apply { config: other, version: "v2".into() });
+    bench.exit(0);
+    bench.gone();
+    let effects = bench.exit(1);
+    assert_eq!(verdicts(&effects), ["v2:failed"]);
+}
+
+#[test]
+fn the_daemon_memory_limit_restarts_a_live_child_only() {
+    let mut bench = Bench::running();
+    let effects = bench.step(Input::OverDaemonMemory { message: "memory limit: over".into() });
+    assert_eq!(moves(&effects), ["running>error:memory limit"]);
+    assert!(has(&effects, |e| matches!(e, Effect::Kill { .. })));
+    bench.exit(137);
+    assert_eq!(moves(&bench.gone()), ["error>starting:restart"]);
+    bench.step(Input::Stop);
+    bench.exit(0);
+    bench.gone();
+    let effects = bench.step(Input::OverDaemonMemory { message: "memory limit: over".into() });
+    assert!(effects.is_empty(), "a stopped workspace has nothing to restart: {effects:?}");
+}
+
 #[test]
 fn an_invalid_file_keeps_the_child() {
     let mut bench = Bench::running();
@@ -580,6 +726,7 @@ mod invariants {
             open: bool,
             recent: bool,
         },
+        DaemonMemory,
     }
 
     fn action() -> impl Strategy<Value = Action> {
@@ -601,6 +748,7 @@ mod invariants {
             1 => Just(Action::Remove),
             3 => Just(Action::Demand),
             3 => (any::<bool>(), any::<bool>()).prop_map(|(open, recent)| Action::ActivityAnswer { open, recent }),
+            1 => Just(Action::DaemonMemory),
         ]
     }
 
@@ -650,6 +798,8 @@ mod invariants {
         checks: Vec<ChildId>,
         /// The last stop was an idle stop.
         idle_stopped: bool,
+        /// Versions whose config was in force while the child ran.
+        ran: std::collections::HashSet<String>,
     }
 
     struct Run {
@@ -706,6 +856,9 @@ mod invariants {
                     prop_assert!(readiness_ok, "running without a successful readiness probe");
                 }
             }
+            if after == Status::Running {
+                self.world.ran.extend(self.core.view().version);
+            }
             self.perform(effects)
         }
 
@@ -752,6 +905,17 @@ mod invariants {
                             "a second activity check before the first answer"
                         );
                         self.world.checks.push(child);
+                    }
+                    Effect::Verdict { version, verdict: Verdict::RolledBack { to, .. } } => {
+                        // After a failed apply, the config in force is the
+                        // last good one: one that ran, never the failed one.
+                        prop_assert_ne!(&version, &to, "rolled back to the config that failed");
+                        prop_assert!(self.world.ran.contains(&to), "rolled back to {} which never ran", to);
+                        prop_assert_eq!(self.core.view().version, Some(to));
+                    }
+                    Effect::Verdict { version, verdict: Verdict::Applied } => {
+                        let in_force = self.core.view().version;
+                        prop_assert_eq!(in_force.as_ref(), Some(&version), "applied a config not in force");
                     }
                     _ => {}
                 }
@@ -870,6 +1034,7 @@ mod invariants {
                         }
                     }
                     Action::FailSpawns(fail) => run.world.fail_spawns = fail,
+                    Action::DaemonMemory => run.step(Input::OverDaemonMemory { message: "over".into() })?,
                     Action::Remove => {
                         run.world.wanted = false;
                         run.step(Input::Remove)?;
@@ -1006,6 +1171,8 @@ mod driver {
                 resources: Default::default(),
                 subscribers: Arc::new(Vec::new),
             }),
+            // Its writer never runs: these tests keep no history.
+            history: crate::history::History::new(&dir.path().join("history")).0,
         });
         let logs = LogSink::open(&dir.path().join("logs"), "dev");
         let handle = actor::spawn(
