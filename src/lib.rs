@@ -4,6 +4,7 @@
 //! reconciles `workspaces/*.json` into one supervised child per workspace.
 //! See ARCHITECTURE.md for the map and docs/reference.md for the contract.
 
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod demo_server;
@@ -190,6 +191,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         prober: Arc::new(supervisor::probe::McpProber::new()),
         runtime: runtime.clone(),
         metrics,
+        hubs: Arc::default(),
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),

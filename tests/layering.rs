@@ -25,9 +25,12 @@ enum Rule {
 ///   what is done with them.
 /// - `metrics` renders what `state/` holds.
 /// - `resources` (the sampler) measures `process/` trees into `state/`.
+/// - `bridge` (the stdio bridge) multiplexes `process/` pipes; it knows
+///   nothing of who supervises the child or who serves its sessions.
 /// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
 const RULES: &[(&str, Rule)] = &[
-    ("process", Rule::Forbid(&["supervisor", "http"])),
+    ("process", Rule::Forbid(&["supervisor", "http", "bridge"])),
+    ("bridge", Rule::Forbid(&["supervisor", "http"])),
     ("state", Rule::Forbid(&["supervisor", "http", "process"])),
     ("config", Rule::Forbid(&["supervisor", "http", "process"])),
     ("metrics", Rule::Only(&["state"])),

@@ -6,7 +6,8 @@ against it directly and through mcpvisor, to show the proxy changes nothing.
 
 Run by hand: ``.venv/bin/python examples/servers/conformance_server.py --port 3001``;
 Streamable HTTP at ``http://127.0.0.1:3001/mcp``, with an in-memory event store
-so streams can be resumed with ``Last-Event-ID`` (SEP-1699).
+so streams can be resumed with ``Last-Event-ID`` (SEP-1699). ``--transport stdio``
+serves stdin/stdout instead, for mcpvisor's stdio bridge.
 """
 
 from __future__ import annotations
@@ -303,8 +304,14 @@ lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestPa
 def main() -> None:
     parser = argparse.ArgumentParser(description="MCP conformance test server (mcp Python SDK).")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3001))
+    parser.add_argument("--transport", choices=["streamable-http", "stdio"], default="streamable-http")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.transport == "stdio":
+        # For mcpvisor's stdio bridge: newline-delimited JSON-RPC on stdin/stdout.
+        log.info("conformance server on stdio")
+        server.run(transport="stdio")
+        return
     app = server.streamable_http_app(host=HOST, event_store=MemoryEventStore(), retry_interval=100)
     log.info("conformance server at http://%s:%d/mcp", HOST, args.port)
     uvicorn.run(app, host=HOST, port=args.port, log_level="warning")

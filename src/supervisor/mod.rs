@@ -29,6 +29,8 @@ pub struct SupervisorContext {
     /// `state/runtime.json`, for the sweep after a crash.
     pub runtime: crate::process::runtime::RuntimeFile,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The stdio bridge's hub of each running `stdio` child; the proxy reads it.
+    pub hubs: Arc<crate::bridge::Hubs>,
 }
 
 /// A workspace's handle and log sink, as the HTTP layer reaches them.

@@ -72,6 +72,9 @@ pub async fn sse(
     request: Request,
 ) -> Response {
     let proxy = state.proxy.clone();
+    if proxy.bridged(&name) {
+        return super::bridged::legacy_sse(&state, name, connect).await;
+    }
     let none = Peeked::default();
     let run = match proxy.route(&name, "sse") {
         Ok((_, run)) => run,
@@ -274,6 +277,9 @@ async fn relay_message(
     request: Request,
 ) -> Response {
     let proxy = state.proxy.clone();
+    if proxy.bridged(&name) {
+        return super::bridged::legacy_message(state, name, request).await;
+    }
     let (parts, body) = request.into_parts();
     let bytes = match body::read(&parts.headers, body).await {
         Ok(bytes) => bytes,

@@ -15,6 +15,7 @@
 //! first.
 
 mod body;
+mod bridged;
 mod connections;
 mod error;
 mod headers;
@@ -82,6 +83,8 @@ pub struct Proxy {
     runs: Runs,
     pub connections: Arc<Connections>,
     sessions: legacy::Sessions,
+    /// Client sessions of `stdio` children.
+    bridged: bridged::Sessions,
 }
 
 impl Proxy {
@@ -103,6 +106,7 @@ impl Proxy {
             runs: Runs::default(),
             connections: Arc::new(Connections::default()),
             sessions: legacy::Sessions::default(),
+            bridged: bridged::Sessions::default(),
         });
         tokio::spawn(runs::watch(Arc::downgrade(&proxy), bus, shutdown));
         proxy
@@ -145,6 +149,11 @@ impl Proxy {
             }
             None => ProxyError::unknown(name),
         }
+    }
+
+    /// Whether workspace `name`'s child speaks `stdio`, so the bridge serves it.
+    fn bridged(&self, name: &str) -> bool {
+        self.bus.view().get(name).is_some_and(|r| r.status.transport == "stdio")
     }
 
     fn timed_out(&self, name: &str) -> ProxyError {

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use super::handle::{WorkspaceHandle, COMMAND_QUEUE};
 use super::messages::Command;
 use super::state::{ChildId, Core, Effect, Failure, Input, ProbeKind, SpawnFailure, Spawned, View};
+use crate::bridge::Hub;
 use crate::config::{FileError, WorkspaceConfig};
 use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, LogSink};
@@ -74,6 +75,8 @@ struct Slot {
     id: ChildId,
     child: Box<dyn Child>,
     exited: bool,
+    /// The stdio bridge's hub of a `stdio` child.
+    hub: Option<Arc<Hub>>,
 }
 
 struct Driver {
@@ -112,6 +115,12 @@ impl Driver {
         self.perform(effects, None).await;
         while !self.core.finished() {
             let (input, reply) = self.next_input().await;
+            if let Input::Exited { child, .. } = input {
+                // In-flight requests of every client session fail at once.
+                if let Some(hub) = self.child.as_ref().filter(|s| s.id == child).and_then(|s| s.hub.as_ref()) {
+                    self.ctx.hubs.remove(&self.name, hub.pid);
+                }
+            }
             if let Input::Gone { child } = input {
                 // The tree is gone: drop its handle before the core moves on.
                 if self.child.as_ref().is_some_and(|s| s.id == child) {
@@ -275,14 +284,22 @@ impl Driver {
                 return Input::Spawned { child: id, result: Err(failure) };
             }
         };
+        let mut child = child;
         let (pid, pgid, isolation) = (child.pid(), child.pgid(), child.isolation());
+        let hub = child.take_stdio().map(|pipes| {
+            let label = crate::metrics::WorkspaceLabel { workspace: self.name.clone() };
+            let errors = self.ctx.metrics.protocol_errors.get_or_create(&label).clone();
+            let hub = Hub::start(&self.name, pid, pipes, self.logs.clone(), errors);
+            self.ctx.hubs.insert(hub.clone());
+            hub
+        });
         let memory_enforced = child.memory_limit_enforced();
         tracing::info!(pid, port, "child started");
         if let Some(process) = ProcessId::of(pid as i32) {
             let entry = RuntimeEntry { pid: process.pid, pgid, start_time: process.start_time, port, tree: vec![] };
             self.ctx.runtime.set(&self.name, entry);
         }
-        self.child = Some(Slot { id, child, exited: false });
+        self.child = Some(Slot { id, child, exited: false, hub });
         Input::Spawned { child: id, result: Ok(Spawned { pid, pgid, port, isolation, memory_enforced }) }
     }
 
@@ -293,6 +310,7 @@ impl Driver {
             transport: config.transport,
             timeout: config.health.timeout,
             startup_timeout: config.health.startup_timeout,
+            hub: self.child.as_ref().filter(|s| s.id == child).and_then(|s| s.hub.clone()),
         };
         let probe = self.ctx.prober.probe(target, kind == ProbeKind::Readiness);
         let sender = self.results_sender.clone();

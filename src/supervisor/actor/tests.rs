@@ -781,6 +781,7 @@ mod driver {
                 resources: Default::default(),
                 subscribers: Arc::new(Vec::new),
             }),
+            hubs: Arc::default(),
         });
         let logs = LogSink::open(&dir.path().join("logs"), "dev");
         let handle = actor::spawn(

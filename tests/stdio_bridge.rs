@@ -1,0 +1,189 @@
+//! The stdio bridge (docs/reference.md §9): real stdio children (the demo
+//! server, Python SDK servers) served to real clients over `/mcp` and
+//! `/sse`, shared safely between sessions, probed, and failing fast.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+const READY: Duration = Duration::from_secs(20);
+
+/// The demo server speaking stdio.
+fn demo_stdio() -> Value {
+    json!({"command": "${MCPVISOR}", "args": ["demo-server", "--transport", "stdio"], "transport": "stdio"})
+}
+
+/// The conformance server (Python SDK) speaking stdio: progress, sampling,
+/// logging, subscriptions.
+fn conformance_stdio() -> Value {
+    json!({
+        "command": python().to_string_lossy(),
+        "args": [repo().join("examples/servers/conformance_server.py").to_string_lossy(), "--transport", "stdio"],
+        "transport": "stdio",
+    })
+}
+
+fn url(daemon: &Daemon, name: &str, route: &str) -> String {
+    format!("{}/workspaces/{name}/{route}", daemon.url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_rmcp_and_legacy_clients_call_tools_on_a_stdio_child() {
+    let daemon = Daemon::start(&[("demo", demo_stdio()), ("notes", notes("stdio"))]).await;
+    daemon.wait_status("demo", "running", READY).await;
+    let mcp = url(&daemon, "demo", "mcp");
+
+    let auto = python_client(&["--url", &mcp, "--mode", "auto", "--tool", "add", "--args", r#"{"a":40,"b":2}"#]).await;
+    assert_eq!(auto["result"], "42", "{auto}");
+    assert!(auto["tools"].as_array().unwrap().contains(&json!("sleep")));
+    let legacy = python_client(&["--url", &mcp, "--mode", "legacy"]).await;
+    assert_eq!(legacy["result"], "hello", "{legacy}");
+    assert_eq!(rmcp_call(&mcp, "echo", json!({"text": "over stdio"})).await, "over stdio");
+
+    let sse = url(&daemon, "demo", "sse");
+    let out =
+        python_client(&["--url", &sse, "--transport", "sse", "--tool", "add", "--args", r#"{"a":1,"b":1}"#]).await;
+    assert_eq!(out["result"], "2", "{out}");
+
+    // A Python SDK stdio server, both routes.
+    daemon.wait_status("notes", "running", READY).await;
+    let out =
+        python_client(&["--url", &url(&daemon, "notes", "mcp"), "--tool", "add", "--args", r#"{"a":2,"b":3}"#]).await;
+    assert_eq!(out["result"], "5", "{out}");
+    assert!(out["tools"].as_array().unwrap().contains(&json!("add_note")));
+    let out = python_client(&["--url", &url(&daemon, "notes", "sse"), "--transport", "sse"]).await;
+    assert_eq!(out["result"], "hello", "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_session_gets_its_own_answers_to_the_same_ids() {
+    let daemon = Daemon::start(&[("demo", demo_stdio())]).await;
+    daemon.wait_status("demo", "running", READY).await;
+    let mcp = url(&daemon, "demo", "mcp");
+    let a = mcp_initialize(&daemon.http, &mcp).await.expect("a session id");
+    let b = mcp_initialize(&daemon.http, &mcp).await.expect("a session id");
+    assert_ne!(a, b);
+
+    let calls = |session: String, tag: &'static str| {
+        let (http, mcp) = (daemon.http.clone(), mcp.clone());
+        tokio::spawn(async move {
+            for id in 1..=100 {
+                let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"text": format!("{tag}-{id}")}}});
+                let (status, _, messages) = mcp_post(&http, &mcp, Some(&session), &call).await;
+                assert_eq!(status, 200, "{messages:?}");
+                let answer = messages.iter().find(|m| m["id"] == id).unwrap_or_else(|| panic!("{messages:?}"));
+                assert_eq!(answer["result"]["content"][0]["text"], format!("{tag}-{id}"), "{answer}");
+            }
+        })
+    };
+    let (first, second) = (calls(a, "a"), calls(b, "b"));
+    first.await.unwrap();
+    second.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_is_answered_from_the_childs_own_result() {
+    let daemon = Daemon::start(&[("demo", demo_stdio())]).await;
+    daemon.wait_status("demo", "running", READY).await;
+    let mcp = url(&daemon, "demo", "mcp");
+    let init = json!({"jsonrpc": "2.0", "id": "i", "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (status, session, messages) = mcp_post(&daemon.http, &mcp, None, &init).await;
+    assert_eq!(status, 200);
+    assert!(session.is_some());
+    let result = &messages[0]["result"];
+    assert_eq!(result["serverInfo"]["name"], "mcpvisor-demo", "{result}");
+    assert!(result["capabilities"]["tools"].is_object(), "{result}");
+
+    // A stateless request needs no session.
+    let (status, session, messages) =
+        mcp_post(&daemon.http, &mcp, None, &json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(session, None);
+    assert!(messages[0]["result"]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{messages:?}");
+
+    // An unknown session is 404, so the client initializes again.
+    let (status, _, _) =
+        mcp_post(&daemon.http, &mcp, Some("nope"), &json!({"jsonrpc": "2.0", "id": 6, "method": "ping"})).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_stdio_child_fails_the_call_at_once_and_restarts() {
+    let daemon = Daemon::start(&[("demo", demo_stdio())]).await;
+    let status = daemon.wait_status("demo", "running", READY).await;
+    let pid = status["pid"].as_u64().unwrap();
+    let mcp = url(&daemon, "demo", "mcp");
+    let session = mcp_initialize(&daemon.http, &mcp).await;
+
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "sleep", "arguments": {"ms": 10000}}});
+    let (http, mcp2, session2) = (daemon.http.clone(), mcp.clone(), session.clone());
+    let pending = tokio::spawn(async move {
+        let answer = mcp_post(&http, &mcp2, session2.as_deref(), &call).await;
+        (answer, Instant::now())
+    });
+    eventually("the call is pending", Duration::from_secs(5), || async {
+        let (_, connections) = daemon.get("/api/debug/state/connections").await;
+        let streams = connections["proxyStreams"].as_array().cloned().unwrap_or_default();
+        let listed = streams.iter().any(|s| s["pending"].as_array().is_some_and(|p| p.iter().any(|p| p["id"] == 7)));
+        if listed {
+            Ok(())
+        } else {
+            Err(connections.to_string())
+        }
+    })
+    .await;
+
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let ((status, _, messages), answered_at) = pending.await.unwrap();
+    let took = answered_at - killed_at;
+    assert!(took < Duration::from_millis(100), "the error took {took:?}");
+    assert_eq!(status, 200, "an SSE answer already started");
+    let error = messages.iter().find(|m| m["id"] == 7).unwrap_or_else(|| panic!("{messages:?}"));
+    assert_eq!(error["error"]["code"], -32000, "{error}");
+    assert!(error["error"]["data"]["stderrTail"].is_array(), "{error}");
+
+    let restarted = daemon.wait_for("demo", READY, |s| s["status"] == "running" && s["pid"] != pid).await;
+    assert_eq!(restarted["restartCount"], 1);
+    assert_eq!(rmcp_call(&mcp, "echo", json!({"text": "again"})).await, "again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_stdio_child_is_detected_and_replaced() {
+    let mut demo = demo_stdio();
+    demo["health"] = json!({"interval": "200ms", "timeout": "200ms", "failureThreshold": 2});
+    let daemon = Daemon::start(&[("demo", demo)]).await;
+    let status = daemon.wait_status("demo", "running", READY).await;
+    let pid = status["pid"].as_u64().unwrap();
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let replaced = daemon.wait_for("demo", READY, |s| s["status"] == "running" && s["pid"] != pid).await;
+    let error = &replaced["lastError"];
+    assert!(error["message"].as_str().is_some_and(|m| m.contains("unhealthy") || m.contains("probe")), "{error}");
+    wait_gone(pid, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_json_rpc_stdout_lines_are_logged_and_counted() {
+    // A shell "server" that prints a banner, then answers like an MCP server
+    // would: it is never initialized, but the banner is what is tested.
+    let script = r#"echo 'starting up, not JSON'; echo '{"no":"jsonrpc"}'; exec "$0" demo-server --transport stdio"#;
+    let daemon = Daemon::start(&[(
+        "noisy",
+        json!({"command": "/bin/sh", "args": ["-c", script, "${MCPVISOR}"], "transport": "stdio"}),
+    )])
+    .await;
+    daemon.wait_status("noisy", "running", READY).await;
+    let (_, logs) = daemon.get("/api/workspaces/noisy/logs?lines=50").await;
+    let lines = logs["lines"].as_array().unwrap();
+    assert!(lines.iter().any(|l| l["stream"] == "stdout" && l["line"] == "starting up, not JSON"), "{logs}");
+    let metrics = daemon.http.get(format!("{}/metrics", daemon.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"mcpvisor_protocol_errors_total{workspace="noisy"} 2"#), "{metrics}");
+    assert_eq!(rmcp_call(&url(&daemon, "noisy", "mcp"), "echo", json!({"text": "still works"})).await, "still works");
+}
