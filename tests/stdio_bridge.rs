@@ -187,3 +187,140 @@ async fn non_json_rpc_stdout_lines_are_logged_and_counted() {
     assert!(metrics.contains(r#"mcpvisor_protocol_errors_total{workspace="noisy"} 2"#), "{metrics}");
     assert_eq!(rmcp_call(&url(&daemon, "noisy", "mcp"), "echo", json!({"text": "still works"})).await, "still works");
 }
+
+/// An open SSE answer of the bridge, read message by message.
+struct Stream {
+    events: std::pin::Pin<Box<dyn futures::Stream<Item = Value> + Send>>,
+}
+
+impl Stream {
+    /// POSTs `body` in `session` and opens its SSE answer.
+    async fn post(http: &reqwest::Client, url: &str, session: &str, body: &Value) -> Stream {
+        let response = http
+            .post(url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-session-id", session)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Stream::of(response)
+    }
+
+    /// Opens the session's GET stream.
+    async fn get(http: &reqwest::Client, url: &str, session: &str) -> Stream {
+        let response =
+            http.get(url).header("accept", "text/event-stream").header("mcp-session-id", session).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        Stream::of(response)
+    }
+
+    fn of(response: reqwest::Response) -> Stream {
+        use eventsource_stream::Eventsource;
+        use futures::StreamExt;
+        let events = response
+            .bytes_stream()
+            .eventsource()
+            .filter_map(|e| async move { e.ok().and_then(|e| serde_json::from_str(&e.data).ok()) });
+        Stream { events: Box::pin(events) }
+    }
+
+    /// The next message, or `None` after `within`.
+    async fn next(&mut self, within: Duration) -> Option<Value> {
+        use futures::StreamExt;
+        tokio::time::timeout(within, self.events.next()).await.ok().flatten()
+    }
+
+    /// Messages until the one answering `id`, inclusive.
+    async fn until_answer(&mut self, id: &Value) -> Vec<Value> {
+        let mut seen = Vec::new();
+        while let Some(message) = self.next(Duration::from_secs(20)).await {
+            let done = &message["id"] == id && message.get("method").is_none();
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+        panic!("no answer to {id}; saw {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reaches_only_the_calling_session_and_sampling_round_trips() {
+    let daemon = Daemon::start(&[("conf", conformance_stdio())]).await;
+    daemon.wait_status("conf", "running", READY).await;
+    let mcp = url(&daemon, "conf", "mcp");
+    let a = mcp_initialize(&daemon.http, &mcp).await.unwrap();
+    let b = mcp_initialize(&daemon.http, &mcp).await.unwrap();
+    let mut b_stream = Stream::get(&daemon.http, &mcp, &b).await;
+
+    // Both sessions use the same id and the same progress token.
+    let progress = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "test_tool_with_progress", "arguments": {}, "_meta": {"progressToken": "tok"}}});
+    let mut a_call = Stream::post(&daemon.http, &mcp, &a, &progress).await;
+    let seen = a_call.until_answer(&json!(1)).await;
+    let notes: Vec<&Value> = seen.iter().filter(|m| m["method"] == "notifications/progress").collect();
+    assert_eq!(notes.len(), 3, "{seen:?}");
+    assert!(notes.iter().all(|n| n["params"]["progressToken"] == "tok"), "{notes:?}");
+    let answer = seen.last().unwrap();
+    let seen_by_child = answer["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(seen_by_child.parse::<u64>().is_ok(), "the child sees a token of the hub's: {answer}");
+    assert_eq!(b_stream.next(Duration::from_millis(300)).await, None, "session b saw a's progress");
+
+    // Sampling: the child's request reaches the calling client, its answer the child.
+    let sampling = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "test_sampling", "arguments": {"prompt": "2+2?"}}});
+    let mut b_call = Stream::post(&daemon.http, &mcp, &b, &sampling).await;
+    let request = b_call.next(Duration::from_secs(20)).await.expect("a sampling request");
+    assert_eq!(request["method"], "sampling/createMessage", "{request}");
+    let reply = json!({"jsonrpc": "2.0", "id": request["id"], "result": {
+        "role": "assistant", "content": {"type": "text", "text": "four"}, "model": "m", "stopReason": "endTurn"}});
+    let (status, _, _) = mcp_post(&daemon.http, &mcp, Some(&b), &reply).await;
+    assert_eq!(status, 202);
+    let seen = b_call.until_answer(&json!(1)).await;
+    assert_eq!(seen.last().unwrap()["result"]["content"][0]["text"], "LLM response: four", "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed_alone() {
+    let daemon = Daemon::start(&[("demo", demo_stdio())]).await;
+    daemon.wait_status("demo", "running", READY).await;
+    let mcp = url(&daemon, "demo", "mcp");
+    let slow = mcp_initialize(&daemon.http, &mcp).await.unwrap();
+
+    // The slow session asks for 48 MiB of answers on one connection with
+    // a small receive buffer, and reads none of them.
+    let batch: Vec<Value> = (0..48)
+        .map(|id| {
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "blob", "arguments": {"kib": 1024}}})
+        })
+        .collect();
+    let body = Value::Array(batch).to_string();
+    let addr: std::net::SocketAddr = daemon.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut unread = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "POST /workspaces/demo/mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\nmcp-session-id: {slow}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut unread, request.as_bytes()).await.unwrap();
+
+    // Another session is served meanwhile, and the slow one is closed.
+    eventually("the slow session is closed", Duration::from_secs(20), || async {
+        let (status, _, _) =
+            mcp_post(&daemon.http, &mcp, Some(&slow), &json!({"jsonrpc": "2.0", "id": "p", "method": "ping"})).await;
+        if status == 404 {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    })
+    .await;
+    assert_eq!(rmcp_call(&mcp, "echo", json!({"text": "others go on"})).await, "others go on");
+    drop(unread);
+}

@@ -119,7 +119,12 @@ async def test_tool_with_progress(ctx: Context) -> str:
         await ctx.report_progress(progress=done, total=100, message=f"Completed step {done} of 100")
         await asyncio.sleep(0.05)
     meta = ctx.request_context.meta if ctx.request_context else None
-    return str(meta.progress_token if meta and meta.progress_token is not None else 0)
+    # The SDK gives the request's _meta as a dict or as a model, by version.
+    if isinstance(meta, dict):
+        token = meta.get("progressToken", meta.get("progress_token"))
+    else:
+        token = getattr(meta, "progress_token", None)
+    return str(token if token is not None else 0)
 
 
 @server.tool()
