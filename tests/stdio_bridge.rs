@@ -324,3 +324,26 @@ async fn a_client_that_does_not_read_is_closed_alone() {
     assert_eq!(rmcp_call(&mcp, "echo", json!({"text": "others go on"})).await, "others go on");
     drop(unread);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_transport_reaches_each_http_child_transport() {
+    let daemon = Daemon::start(&[("demo", demo()), ("legacy", notes("sse"))]).await;
+    daemon.wait_status("demo", "running", READY).await;
+    daemon.wait_status("legacy", "running", READY).await;
+
+    // A legacy client (MCP Inspector --transport sse) of a Streamable HTTP child.
+    let sse = url(&daemon, "demo", "sse");
+    let out =
+        python_client(&["--url", &sse, "--transport", "sse", "--tool", "add", "--args", r#"{"a":20,"b":22}"#]).await;
+    assert_eq!(out["result"], "42", "{out}");
+    assert!(out["tools"].as_array().unwrap().contains(&json!("sleep")));
+
+    // Streamable HTTP clients of a legacy child: stateful and stateless.
+    let mcp = url(&daemon, "legacy", "mcp");
+    let out = python_client(&["--url", &mcp, "--tool", "add", "--args", r#"{"a":1,"b":2}"#]).await;
+    assert_eq!(out["result"], "3", "{out}");
+    assert!(out["tools"].as_array().unwrap().contains(&json!("list_notes")));
+    assert_eq!(rmcp_call(&mcp, "echo", json!({"text": "translated"})).await, "translated");
+    let out = python_client(&["--url", &mcp, "--mode", "auto"]).await;
+    assert_eq!(out["result"], "hello", "{out}");
+}

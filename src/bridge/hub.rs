@@ -17,7 +17,6 @@
 //! operations; writes to stdin go through a channel to a writer task.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -28,13 +27,14 @@ use serde_json::{json, Value};
 use thiserror::Error;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
+
+pub use super::channel::SESSION_BUFFER;
 use tokio_util::sync::CancellationToken;
 
+use super::channel::{deliver, Budget, Outbox, Sink};
 use super::message::{self, Kind};
 use crate::process::{LogSink, StdioPipes, Stream};
 
-/// Bytes queued for one client session before it is closed (8 MiB).
-pub const SESSION_BUFFER: usize = 8 << 20;
 /// The longest line read from a child's stdout (64 MiB); a longer one is
 /// dropped as a protocol error.
 const MAX_LINE: usize = 64 << 20;
@@ -50,43 +50,6 @@ pub enum BridgeError {
     Timeout(Duration),
     #[error("the child answered {method} with an error: {error}")]
     Refused { method: String, error: String },
-}
-
-/// Bytes queued for one session, across all its channels.
-#[derive(Debug, Default)]
-struct Budget {
-    queued: AtomicUsize,
-}
-
-/// A channel end the hub delivers a session's messages to (JSON, one
-/// message per item).
-#[derive(Debug, Clone)]
-pub struct Sink {
-    tx: mpsc::UnboundedSender<Bytes>,
-    budget: Arc<Budget>,
-}
-
-/// The receiving end of a [`Sink`].
-#[derive(Debug)]
-pub struct Outbox {
-    rx: mpsc::UnboundedReceiver<Bytes>,
-    budget: Arc<Budget>,
-}
-
-impl Outbox {
-    /// The next message; `None` once every sink is gone.
-    pub async fn recv(&mut self) -> Option<Bytes> {
-        let bytes = self.rx.recv().await?;
-        self.budget.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-        Some(bytes)
-    }
-
-    /// The next message if one is queued.
-    pub fn try_recv(&mut self) -> Option<Bytes> {
-        let bytes = self.rx.try_recv().ok()?;
-        self.budget.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
-        Some(bytes)
-    }
 }
 
 /// What a session shares with its handle.
@@ -612,24 +575,15 @@ impl Routing {
         let over = match tx {
             Some(tx) => deliver(&tx, &session.budget, bytes),
             None => {
-                let queued = session.budget.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+                let over = session.budget.add(bytes.len());
                 session.backlog.push_back(bytes);
-                queued > SESSION_BUFFER
+                over
             }
         };
         if over {
             overflowed.push(session_id);
         }
     }
-}
-
-/// Queues `bytes` on `tx`; true when the session's budget is exceeded.
-fn deliver(tx: &mpsc::UnboundedSender<Bytes>, budget: &Budget, bytes: Bytes) -> bool {
-    let len = bytes.len();
-    if tx.send(bytes).is_err() {
-        return false;
-    }
-    budget.queued.fetch_add(len, Ordering::Relaxed) + len > SESSION_BUFFER
 }
 
 /// A client session on a hub. Dropping it ends the session.
@@ -648,8 +602,7 @@ impl HubSession {
 
     /// A channel for this session's messages, counted against its budget.
     pub fn channel(&self) -> (Sink, Outbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Sink { tx, budget: self.budget.clone() }, Outbox { rx, budget: self.budget.clone() })
+        super::channel::pair(&self.budget)
     }
 
     /// Sends one client message to the child; a request's answer and the
@@ -667,7 +620,7 @@ impl HubSession {
         let mut routing = self.hub.routing.lock().unwrap();
         let Some(session) = routing.sessions.get_mut(&self.id) else { return };
         for bytes in session.backlog.drain(..) {
-            session.budget.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+            session.budget.release(bytes.len());
             deliver(&sink.tx, &sink.budget, bytes);
         }
         session.standby = Some(sink.tx.clone());

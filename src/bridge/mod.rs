@@ -11,14 +11,20 @@
 //! This layer sits above `process/` (it takes the child's pipes) and below
 //! `supervisor/` and `http/`, which it knows nothing of.
 
+mod channel;
+mod http_child;
 mod hub;
 mod message;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use hub::{BridgeError, Hub, HubSession, Outbox, Sink, SESSION_BUFFER};
+pub use channel::{Outbox, Sink, SESSION_BUFFER};
+pub use http_child::{SseChild, StreamableChild};
+pub use hub::{BridgeError, Hub, HubSession};
 pub use message::{kind, Kind};
+pub use upstream::Upstream;
 
 /// The hub of each workspace's current stdio child.
 ///

@@ -36,7 +36,7 @@ use super::connections::{Exchange, Registration};
 use super::jsonrpc::{self, Peeked, SERVER_ERROR};
 use super::relay::sleep_until;
 use super::{body, peer, Proxy, ProxyError, Run};
-use crate::bridge::{kind, HubSession, Kind, Outbox, Sink};
+use crate::bridge::{kind, Kind, Outbox, Sink, SseChild, StreamableChild, Upstream};
 use crate::http::sse::KEEP_ALIVE_EVERY;
 use crate::http::AppState;
 use crate::sse::{Frame, KEEP_ALIVE};
@@ -49,7 +49,7 @@ const MAX_SESSIONS: usize = 10_000;
 #[derive(Debug)]
 pub struct ClientSession {
     workspace: String,
-    upstream: HubSession,
+    upstream: Box<dyn Upstream>,
     /// A legacy session's one stream, which takes every answer, and the
     /// exchange that lists the requests it waits on.
     legacy: Option<(Sink, Arc<Exchange>)>,
@@ -61,6 +61,8 @@ pub struct ClientSession {
 pub struct Sessions {
     table: Mutex<HashMap<String, Arc<ClientSession>>>,
     created: std::sync::atomic::AtomicU64,
+    /// mcpvisor's client of HTTP children whose transport a client does not speak.
+    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl Sessions {
@@ -69,7 +71,7 @@ impl Sessions {
         &self,
         id: &str,
         workspace: &str,
-        upstream: HubSession,
+        upstream: Box<dyn Upstream>,
         legacy: Option<(Sink, Arc<Exchange>)>,
     ) -> Arc<ClientSession> {
         let created = self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -104,34 +106,52 @@ impl Sessions {
 /// What a stream keeps alive: a session of the table, or a session of its own.
 enum Held {
     Shared(Arc<ClientSession>),
-    Own(HubSession),
+    Own(Box<dyn Upstream>),
 }
 
 impl Held {
-    fn upstream(&self) -> &HubSession {
+    fn upstream(&self) -> &dyn Upstream {
         match self {
-            Held::Shared(session) => &session.upstream,
-            Held::Own(session) => session,
+            Held::Shared(session) => session.upstream.as_ref(),
+            Held::Own(session) => session.as_ref(),
         }
     }
 }
 
-/// The workspace's run and a session on its hub.
+/// The workspace's current run, whatever its child speaks.
 ///
 /// # Errors
-/// The workspace is unknown, not running, or its hub is gone.
+/// The workspace is unknown or not running.
 fn route(state: &AppState, name: &str) -> Result<Arc<Run>, ProxyError> {
-    let (record, run) = state.proxy.route(name, "stdio")?;
-    match state.ctx.hubs.get(name, record.status.pid.unwrap_or(0)) {
-        Some(_) => Ok(run),
-        None => Err(ProxyError::unavailable(name, &record)),
-    }
+    let transport = state.ctx.bus.view().get(name).ok_or_else(|| ProxyError::unknown(name))?.status.transport;
+    state.proxy.route(name, transport).map(|(_, run)| run)
 }
 
-fn hub_session(state: &AppState, name: &str) -> Result<HubSession, ProxyError> {
+/// A new session on the workspace's child: on its hub for a `stdio` child,
+/// else a session of mcpvisor's own on the HTTP child.
+///
+/// # Errors
+/// The child is gone, or an HTTP child could not be reached.
+async fn open_upstream(state: &AppState, name: &str, run: &Run) -> Result<Box<dyn Upstream>, ProxyError> {
     let record = state.ctx.bus.view().get(name).ok_or_else(|| ProxyError::unknown(name))?;
-    let hub = state.ctx.hubs.get(name, record.status.pid.unwrap_or(0));
-    hub.and_then(|hub| hub.open_session().ok()).ok_or_else(|| ProxyError::unavailable(name, &record))
+    let unavailable = || ProxyError::unavailable(name, &record);
+    let client = || {
+        let client = state.proxy.bridged.client.get_or_init(|| reqwest::Client::builder().no_proxy().build().unwrap());
+        client.clone()
+    };
+    let url = run.upstream.endpoint(None).map_err(|_| unavailable())?.to_string();
+    match record.status.transport {
+        "stdio" => {
+            let hub = state.ctx.hubs.get(name, record.status.pid.unwrap_or(0));
+            let session = hub.and_then(|hub| hub.open_session().ok()).ok_or_else(unavailable)?;
+            Ok(Box::new(session))
+        }
+        "sse" => match SseChild::open(client(), url).await {
+            Ok(session) => Ok(Box::new(session)),
+            Err(e) => Err(state.proxy.broken(name, run, &e.to_string()).await),
+        },
+        _ => Ok(Box::new(StreamableChild::open(client(), url))),
+    }
 }
 
 /// A new session id: 128 random bits in hex.
@@ -238,7 +258,7 @@ async fn post(
             None => return unknown_session().reply(&peeked),
         },
         None => {
-            let upstream = match hub_session(state, &name) {
+            let upstream = match open_upstream(state, &name, &run).await {
                 Ok(upstream) => upstream,
                 Err(error) => return error.reply(&peeked),
             };
@@ -259,7 +279,7 @@ async fn post(
     registration.exchange.add_pending(&peeked.requests);
     for message in messages {
         if let Err(e) = held.upstream().send(message, &sink) {
-            let error = match held.upstream().hub().is_closed() {
+            let error = match held.upstream().child_gone() {
                 true => proxy.broken(&name, &run, &e.to_string()).await,
                 false => ProxyError::new(StatusCode::NOT_FOUND, ErrorCode(-32001), e.to_string(), None),
             };
@@ -351,7 +371,7 @@ impl ClientStream {
                 let upstream = self.held.upstream();
                 let error = if timed_out.is_some() {
                     self.proxy.timed_out(&self.name)
-                } else if upstream.hub().is_closed() || self.run.ended.is_cancelled() {
+                } else if upstream.child_gone() || self.run.ended.is_cancelled() {
                     self.proxy.broken(&self.name, &self.run, "the child exited").await
                 } else {
                     let reason = upstream.close_reason().unwrap_or_else(|| "the session ended".to_string());
@@ -457,7 +477,7 @@ pub async fn legacy_sse(
         Ok(run) => run,
         Err(error) => return error.reply(&none),
     };
-    let upstream = match hub_session(state, &name) {
+    let upstream = match open_upstream(state, &name, &run).await {
         Ok(upstream) => upstream,
         Err(error) => return error.reply(&none),
     };

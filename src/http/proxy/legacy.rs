@@ -72,7 +72,7 @@ pub async fn sse(
     request: Request,
 ) -> Response {
     let proxy = state.proxy.clone();
-    if proxy.bridged(&name) {
+    if proxy.bridged(&name, "sse") {
         return super::bridged::legacy_sse(&state, name, connect).await;
     }
     let none = Peeked::default();
@@ -277,7 +277,7 @@ async fn relay_message(
     request: Request,
 ) -> Response {
     let proxy = state.proxy.clone();
-    if proxy.bridged(&name) {
+    if proxy.bridged(&name, "sse") {
         return super::bridged::legacy_message(state, name, request).await;
     }
     let (parts, body) = request.into_parts();

@@ -151,9 +151,10 @@ impl Proxy {
         }
     }
 
-    /// Whether workspace `name`'s child speaks `stdio`, so the bridge serves it.
-    fn bridged(&self, name: &str) -> bool {
-        self.bus.view().get(name).is_some_and(|r| r.status.transport == "stdio")
+    /// Whether workspace `name`'s child speaks another transport than the
+    /// route's `native` one, so the bridge serves it (docs/reference.md §9).
+    fn bridged(&self, name: &str, native: &str) -> bool {
+        self.bus.view().get(name).is_some_and(|r| r.status.transport != native)
     }
 
     fn timed_out(&self, name: &str) -> ProxyError {

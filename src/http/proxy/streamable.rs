@@ -66,7 +66,7 @@ async fn relay_mcp(
     request: Request,
 ) -> Response {
     let proxy = &state.proxy;
-    if proxy.bridged(&name) {
+    if proxy.bridged(&name, "streamable-http") {
         return super::bridged::streamable(state, name, connect, request).await;
     }
     let (parts, body) = request.into_parts();
