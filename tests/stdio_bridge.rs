@@ -347,3 +347,63 @@ async fn each_client_transport_reaches_each_http_child_transport() {
     let out = python_client(&["--url", &mcp, "--mode", "auto"]).await;
     assert_eq!(out["result"], "hello", "{out}");
 }
+
+/// The `pid` tool's answer in `session`.
+async fn pid_of(daemon: &Daemon, mcp: &str, session: &str) -> u64 {
+    let call =
+        json!({"jsonrpc": "2.0", "id": "pid", "method": "tools/call", "params": {"name": "pid", "arguments": {}}});
+    let (status, _, messages) = mcp_post(&daemon.http, mcp, Some(session), &call).await;
+    assert_eq!(status, 200, "{messages:?}");
+    messages[0]["result"]["content"][0]["text"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_session_children_come_and_go_with_their_sessions() {
+    let mut demo = demo_stdio();
+    demo["stdio"] = json!({"share": "per-session", "maxSessions": 2, "idleTimeout": "1s"});
+    let daemon = Daemon::start(&[("solo", demo)]).await;
+    let status = daemon.wait_status("solo", "running", READY).await;
+    let workspace_pid = status["pid"].as_u64().unwrap();
+    let mcp = url(&daemon, "solo", "mcp");
+
+    let a = mcp_initialize(&daemon.http, &mcp).await.unwrap();
+    let b = mcp_initialize(&daemon.http, &mcp).await.unwrap();
+    let (pid_a, pid_b) = (pid_of(&daemon, &mcp, &a).await, pid_of(&daemon, &mcp, &b).await);
+    assert_ne!(pid_a, pid_b, "two sessions, two children");
+    assert!(pid_a != workspace_pid && pid_b != workspace_pid);
+    assert_eq!(pid_of(&daemon, &mcp, &a).await, pid_a, "a session keeps its child");
+    assert!(processes_of("solo").contains(&pid_a));
+    let status = daemon.status("solo").await;
+    assert_eq!(status["stdio"]["sessions"], 2, "{status}");
+    let pids = status["stdio"]["sessionPids"].as_array().unwrap();
+    assert!(pids.contains(&json!(pid_a)) && pids.contains(&json!(pid_b)), "{status}");
+    let (_, connections) = daemon.get("/api/debug/state/connections").await;
+    let listed = connections["proxySessions"].as_array().unwrap().iter().filter(|s| s["workspace"] == "solo").count();
+    assert_eq!(listed, 2, "{connections}");
+
+    // One more session than maxSessions: 503 with a JSON-RPC error.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
+    let (status, _, messages) = mcp_post(&daemon.http, &mcp, None, &init).await;
+    assert_eq!(status, 503, "{messages:?}");
+    assert_eq!(messages[0]["error"]["code"], -32000);
+    assert!(messages[0]["error"]["message"].as_str().unwrap().contains("maxSessions"), "{messages:?}");
+
+    // Deleting a session stops its child.
+    let deleted = daemon.http.delete(&mcp).header("mcp-session-id", &a).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    wait_gone(pid_a, Duration::from_secs(10)).await;
+
+    // An idle session's child stops after idleTimeout; its session is gone.
+    wait_gone(pid_b, Duration::from_secs(10)).await;
+    let (status, _, _) =
+        mcp_post(&daemon.http, &mcp, Some(&b), &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).await;
+    assert_eq!(status, 404);
+
+    // Stopping the workspace stops its session children.
+    let c = mcp_initialize(&daemon.http, &mcp).await.unwrap();
+    let pid_c = pid_of(&daemon, &mcp, &c).await;
+    let (code, _) = daemon.post("/api/workspaces/solo/stop").await;
+    assert_eq!(code, 202);
+    wait_gone(pid_c, Duration::from_secs(10)).await;
+}

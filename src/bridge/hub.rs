@@ -50,6 +50,10 @@ pub enum BridgeError {
     Timeout(Duration),
     #[error("the child answered {method} with an error: {error}")]
     Refused { method: String, error: String },
+    #[error("all {0} session children of the workspace are in use (stdio.maxSessions)")]
+    Full(usize),
+    #[error("{0}")]
+    Spawn(String),
 }
 
 /// What a session shares with its handle.

@@ -252,6 +252,7 @@ mod tests {
                 config_error: None,
                 config_version: None,
                 resources: None,
+                stdio: None,
             },
             pgid: None,
             desired_config_version: None,

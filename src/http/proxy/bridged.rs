@@ -36,7 +36,7 @@ use super::connections::{Exchange, Registration};
 use super::jsonrpc::{self, Peeked, SERVER_ERROR};
 use super::relay::sleep_until;
 use super::{body, peer, Proxy, ProxyError, Run};
-use crate::bridge::{kind, Kind, Outbox, Sink, SseChild, StreamableChild, Upstream};
+use crate::bridge::{kind, BridgeError, Kind, Outbox, Sink, SseChild, StreamableChild, Upstream};
 use crate::http::sse::KEEP_ALIVE_EVERY;
 use crate::http::AppState;
 use crate::sse::{Frame, KEEP_ALIVE};
@@ -142,7 +142,20 @@ async fn open_upstream(state: &AppState, name: &str, run: &Run) -> Result<Box<dy
     let url = run.upstream.endpoint(None).map_err(|_| unavailable())?.to_string();
     match record.status.transport {
         "stdio" => {
-            let hub = state.ctx.hubs.get(name, record.status.pid.unwrap_or(0));
+            let pid = record.status.pid.unwrap_or(0);
+            if let Some(pool) = state.ctx.hubs.pool(name, pid) {
+                return match pool.open().await {
+                    Ok(session) => Ok(Box::new(session)),
+                    Err(BridgeError::Full(max)) => Err(ProxyError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        SERVER_ERROR,
+                        format!("workspace {name:?} has {max} sessions, its stdio.maxSessions; end one first"),
+                        Some(serde_json::json!({"workspace": name, "maxSessions": max})),
+                    )),
+                    Err(e) => Err(state.proxy.broken(name, run, &e.to_string()).await),
+                };
+            }
+            let hub = state.ctx.hubs.get(name, pid);
             let session = hub.and_then(|hub| hub.open_session().ok()).ok_or_else(unavailable)?;
             Ok(Box::new(session))
         }

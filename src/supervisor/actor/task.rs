@@ -20,8 +20,8 @@ use tracing::Instrument;
 use super::handle::{WorkspaceHandle, COMMAND_QUEUE};
 use super::messages::Command;
 use super::state::{ChildId, Core, Effect, Failure, Input, ProbeKind, SpawnFailure, Spawned, View};
-use crate::bridge::Hub;
-use crate::config::{FileError, WorkspaceConfig};
+use crate::bridge::{Hub, PoolSpec, SessionPool};
+use crate::config::{FileError, StdioShare, WorkspaceConfig};
 use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, LogSink};
 use crate::state::{BreakerStatus, ErrorRecord, ProxyPaths, Timestamp, WorkspaceRecord, WorkspaceStatus};
@@ -271,9 +271,10 @@ impl Driver {
             }
         };
         self.log_mark = self.logs.mark();
-        let spawned = match build_spec(&self.name, config, port, &self.ctx.launch) {
-            Ok(spec) => self.ctx.launcher.spawn(&spec, &self.logs).await,
-            Err(e) => Err(e),
+        let spec = build_spec(&self.name, config, port, &self.ctx.launch);
+        let spawned = match &spec {
+            Ok(spec) => self.ctx.launcher.spawn(spec, &self.logs).await,
+            Err(e) => Err(e.clone()),
         };
         let child = match spawned {
             Ok(child) => child,
@@ -289,8 +290,27 @@ impl Driver {
         let hub = child.take_stdio().map(|pipes| {
             let label = crate::metrics::WorkspaceLabel { workspace: self.name.clone() };
             let errors = self.ctx.metrics.protocol_errors.get_or_create(&label).clone();
-            let hub = Hub::start(&self.name, pid, pipes, self.logs.clone(), errors);
+            let hub = Hub::start(&self.name, pid, pipes, self.logs.clone(), errors.clone());
             self.ctx.hubs.insert(hub.clone());
+            if let (StdioShare::PerSession, Ok(spec)) = (config.stdio.share, spec) {
+                let pool = SessionPool::new(
+                    &self.name,
+                    pid,
+                    PoolSpec {
+                        launcher: self.ctx.launcher.clone(),
+                        spec,
+                        logs: self.logs.clone(),
+                        runtime: self.ctx.runtime.clone(),
+                        protocol_errors: errors.clone(),
+                        max_sessions: config.stdio.max_sessions as usize,
+                        idle_timeout: config.stdio.idle_timeout,
+                        startup_timeout: config.health.startup_timeout,
+                        stop_signal: config.stop.signal.as_nix(),
+                        grace: config.stop.grace,
+                    },
+                );
+                self.ctx.hubs.insert_pool(pool);
+            }
             hub
         });
         let memory_enforced = child.memory_limit_enforced();
@@ -388,6 +408,7 @@ impl Driver {
                 config_error: view.config_error.clone(),
                 config_version: view.version.clone(),
                 resources: None,
+                stdio: None,
             },
             pgid: view.pgid,
             desired_config_version: view.version.clone(),
