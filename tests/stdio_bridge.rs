@@ -407,3 +407,35 @@ async fn per_session_children_come_and_go_with_their_sessions() {
     assert_eq!(code, 202);
     wait_gone(pid_c, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everything_from_npm_serves_as_a_stdio_workspace() {
+    let program = repo().join("node_modules/.bin/mcp-server-everything");
+    assert!(program.exists(), "{} is missing: run scripts/test (or scripts/setup-node) first", program.display());
+    let daemon =
+        Daemon::start(&[("everything", json!({"command": program.to_string_lossy(), "transport": "stdio"}))]).await;
+    daemon.wait_status("everything", "running", READY).await;
+    let out = python_client(&[
+        "--url",
+        &url(&daemon, "everything", "mcp"),
+        "--tool",
+        "echo",
+        "--args",
+        r#"{"message":"from npm"}"#,
+    ])
+    .await;
+    assert!(out["tools"].as_array().unwrap().len() > 3, "{out}");
+    assert!(out["result"].as_str().is_some_and(|r| r.contains("from npm")), "{out}");
+    let out = python_client(&[
+        "--url",
+        &url(&daemon, "everything", "sse"),
+        "--transport",
+        "sse",
+        "--tool",
+        "echo",
+        "--args",
+        r#"{"message":"legacy"}"#,
+    ])
+    .await;
+    assert!(out["result"].as_str().is_some_and(|r| r.contains("legacy")), "{out}");
+}
