@@ -13,9 +13,8 @@
 //!   client endpoint is legacy HTTP+SSE only (GET `/mcp`, POST `/messages`), and it
 //!   namespaces tools (`demo__echo`).
 //! * `mcp-proxy-sse`: the same legacy HTTP+SSE client against mcp-proxy's `/sse`, as an SSE
-//!   reference for mcp-hub. (mcpvisor's SSE route and `transport: "stdio"` bridge are not
-//!   compared: the demo child serves no legacy SSE, and stdio children are still spawned with
-//!   stdin on /dev/null, so they exit at once.)
+//!   reference for mcp-hub. (mcpvisor's stdio bridge is compared with stdio gateways in
+//!   `stdio_bench`.)
 //!
 //! The tool called on each path is the one its `tools/list` names `echo` or `*__echo`.
 //! A Streamable HTTP call's latency is the POST until its body is read; an SSE call's is the POST

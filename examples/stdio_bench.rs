@@ -92,15 +92,20 @@ async fn direct(exe: &Path, calls: usize) -> Vec<Duration> {
 
 fn stats(mut all: Vec<Duration>, elapsed: Duration) -> Stats {
     all.sort();
-    Stats { p50: all[all.len() / 2], p99: all[all.len() * 99 / 100], per_second: all.len() as f64 / elapsed.as_secs_f64() }
+    Stats {
+        p50: all[all.len() / 2],
+        p99: all[all.len() * 99 / 100],
+        per_second: all.len() as f64 / elapsed.as_secs_f64(),
+    }
 }
 
 async fn measure(url: &str, n_clients: usize, calls: usize) -> Stats {
     // Warm-up: connections, sessions, caches.
     streamable_client(url.to_string(), "echo".into(), 200).await;
     let started = Instant::now();
-    let tasks: Vec<_> =
-        (0..n_clients).map(|_| tokio::spawn(streamable_client(url.to_string(), "echo".into(), calls / n_clients))).collect();
+    let tasks: Vec<_> = (0..n_clients)
+        .map(|_| tokio::spawn(streamable_client(url.to_string(), "echo".into(), calls / n_clients)))
+        .collect();
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await.unwrap());
@@ -179,8 +184,12 @@ async fn main() {
     let mut rows: Vec<(&str, Option<String>, String)> = vec![("mcpvisor", Some(bridged.clone()), String::new())];
     if supergateway.exists() {
         let mut cmd = Command::new(&supergateway);
-        cmd.args(["--stdio", &demo_stdio(&exe).join(" "), "--outputTransport", "streamableHttp", "--stateful"])
-            .args(["--port", &sg_port.to_string(), "--logLevel", "none"]);
+        cmd.args(["--stdio", &demo_stdio(&exe).join(" "), "--outputTransport", "streamableHttp", "--stateful"]).args([
+            "--port",
+            &sg_port.to_string(),
+            "--logLevel",
+            "none",
+        ]);
         peers.push(Proc::spawn(&mut cmd));
         let url = format!("http://127.0.0.1:{sg_port}/mcp");
         let up = wait_answering(&url, Duration::from_secs(30)).await;
@@ -225,7 +234,11 @@ async fn main() {
     println!();
     println!("{:<13} {:>7} {:>8} {:>8} {:>9} {:>11}", "path", "clients", "p50 µs", "p99 µs", "calls/s", "+p50 µs");
     for (label, n_clients, s) in &results {
-        let added = if *label == "direct" { "-".into() } else { format!("{:+}", s.p50.as_micros() as i64 - base.as_micros() as i64) };
+        let added = if *label == "direct" {
+            "-".into()
+        } else {
+            format!("{:+}", s.p50.as_micros() as i64 - base.as_micros() as i64)
+        };
         println!(
             "{:<13} {:>7} {:>8} {:>8} {:>9.0} {:>11}",
             label,

@@ -471,4 +471,3 @@ pub async fn streamable_client(url: String, tool: String, calls: usize) -> Vec<D
     }
     latencies
 }
-

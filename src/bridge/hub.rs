@@ -732,3 +732,140 @@ async fn read_line(reader: &mut (impl AsyncBufRead + Unpin), line: &mut Vec<u8>)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    /// A hub over in-memory pipes; the test plays the child.
+    struct FakeChild {
+        hub: Arc<Hub>,
+        lines: tokio::io::Lines<BufReader<tokio::io::DuplexStream>>,
+        stdout: tokio::io::DuplexStream,
+        _dir: tempfile::TempDir,
+    }
+
+    impl FakeChild {
+        fn start() -> FakeChild {
+            let (hub_stdin, child_stdin) = tokio::io::duplex(1 << 20);
+            let (child_stdout, hub_stdout) = tokio::io::duplex(1 << 20);
+            let dir = tempfile::tempdir().unwrap();
+            let pipes = StdioPipes { stdin: Box::new(hub_stdin), stdout: Box::new(hub_stdout) };
+            let hub = Hub::start("t", 1, pipes, LogSink::open(dir.path(), "t"), Counter::default());
+            FakeChild { hub, lines: BufReader::new(child_stdin).lines(), stdout: child_stdout, _dir: dir }
+        }
+
+        async fn read(&mut self) -> Value {
+            let line = tokio::time::timeout(Duration::from_secs(5), self.lines.next_line()).await;
+            serde_json::from_str(&line.unwrap().unwrap().unwrap()).unwrap()
+        }
+
+        async fn write(&mut self, message: Value) {
+            self.stdout.write_all(format!("{message}\n").as_bytes()).await.unwrap();
+        }
+    }
+
+    async fn next(outbox: &mut Outbox) -> Value {
+        let bytes = tokio::time::timeout(Duration::from_secs(5), outbox.recv()).await.unwrap().unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn ids_and_progress_tokens_are_the_hubs_towards_the_child() {
+        let mut child = FakeChild::start();
+        let (a, b) = (child.hub.open_session().unwrap(), child.hub.open_session().unwrap());
+        let ((a_sink, mut a_out), (b_sink, mut b_out)) = (a.channel(), b.channel());
+        let call =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"_meta": {"progressToken": "t"}}});
+        a.send(call.clone(), &a_sink).unwrap();
+        b.send(call, &b_sink).unwrap();
+        let (first, second) = (child.read().await, child.read().await);
+        assert_ne!(first["id"], second["id"]);
+        assert_eq!(first["params"]["_meta"]["progressToken"], first["id"]);
+
+        child
+            .write(json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": second["id"], "progress": 1}}))
+            .await;
+        child.write(json!({"jsonrpc": "2.0", "id": second["id"], "result": {"who": "b"}})).await;
+        child.write(json!({"jsonrpc": "2.0", "id": first["id"], "result": {"who": "a"}})).await;
+        let progress = next(&mut b_out).await;
+        assert_eq!(progress["params"]["progressToken"], "t");
+        assert_eq!(next(&mut b_out).await, json!({"jsonrpc": "2.0", "id": 1, "result": {"who": "b"}}));
+        assert_eq!(next(&mut a_out).await, json!({"jsonrpc": "2.0", "id": 1, "result": {"who": "a"}}));
+    }
+
+    #[tokio::test]
+    async fn cancellations_name_the_hubs_id_and_only_the_senders_requests() {
+        let mut child = FakeChild::start();
+        let (a, b) = (child.hub.open_session().unwrap(), child.hub.open_session().unwrap());
+        let ((a_sink, _a_out), (b_sink, _b_out)) = (a.channel(), b.channel());
+        a.send(json!({"jsonrpc": "2.0", "id": "x", "method": "tools/call"}), &a_sink).unwrap();
+        let sent = child.read().await;
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "x"}});
+        b.send(cancel.clone(), &b_sink).unwrap(); // Not b's request: dropped.
+        a.send(cancel, &a_sink).unwrap();
+        let cancelled = child.read().await;
+        assert_eq!(cancelled["params"]["requestId"], sent["id"]);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_are_kept_per_session() {
+        let mut child = FakeChild::start();
+        let (a, b, c) =
+            (child.hub.open_session().unwrap(), child.hub.open_session().unwrap(), child.hub.open_session().unwrap());
+        let ((a_sink, mut a_out), (b_sink, mut b_out), (c_sink, mut c_out)) = (a.channel(), b.channel(), c.channel());
+        for (session, sink) in [(&a, &a_sink), (&b, &b_sink), (&c, &c_sink)] {
+            session.standby(sink);
+        }
+        let subscribe = json!({"jsonrpc": "2.0", "id": 1, "method": "resources/subscribe", "params": {"uri": "r"}});
+        a.send(subscribe.clone(), &a_sink).unwrap();
+        let forwarded = child.read().await;
+        assert_eq!(forwarded["method"], "resources/subscribe");
+        child.write(json!({"jsonrpc": "2.0", "id": forwarded["id"], "result": {}})).await;
+        assert_eq!(next(&mut a_out).await["id"], 1);
+        // The child holds the subscription already: b's is answered by the hub.
+        b.send(subscribe, &b_sink).unwrap();
+        assert_eq!(next(&mut b_out).await, json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+
+        child
+            .write(json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": "r"}}))
+            .await;
+        child.write(json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})).await;
+        assert_eq!(next(&mut a_out).await["method"], "notifications/resources/updated");
+        assert_eq!(next(&mut b_out).await["method"], "notifications/resources/updated");
+        assert_eq!(next(&mut c_out).await["method"], "notifications/tools/list_changed", "c is not subscribed");
+
+        // The last subscriber gone, the child's subscription is dropped.
+        drop(a);
+        drop(b);
+        let unsubscribe = child.read().await;
+        assert_eq!(unsubscribe["method"], "resources/unsubscribe", "{unsubscribe}");
+        assert_eq!(unsubscribe["params"]["uri"], "r");
+    }
+
+    #[tokio::test]
+    async fn requests_of_the_child_go_to_the_busy_session_or_are_refused() {
+        let mut child = FakeChild::start();
+        child.write(json!({"jsonrpc": "2.0", "id": "s1", "method": "sampling/createMessage", "params": {}})).await;
+        let refused = child.read().await;
+        assert_eq!(refused["id"], "s1");
+        assert_eq!(refused["error"]["code"], -32601, "{refused}");
+        child.write(json!({"jsonrpc": "2.0", "id": "p", "method": "ping"})).await;
+        assert_eq!(child.read().await, json!({"jsonrpc": "2.0", "id": "p", "result": {}}));
+
+        let (a, b) = (child.hub.open_session().unwrap(), child.hub.open_session().unwrap());
+        let ((a_sink, mut a_out), (b_sink, _b_out)) = (a.channel(), b.channel());
+        b.send(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}), &b_sink).unwrap();
+        a.send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call"}), &a_sink).unwrap();
+        let (ping, _) = (child.read().await, child.read().await);
+        child.write(json!({"jsonrpc": "2.0", "id": ping["id"], "result": {}})).await;
+        // Only a has a request in flight now.
+        child.write(json!({"jsonrpc": "2.0", "id": "s2", "method": "sampling/createMessage", "params": {}})).await;
+        let request = next(&mut a_out).await;
+        assert_eq!(request["id"], "s2");
+        a.send(json!({"jsonrpc": "2.0", "id": "s2", "result": {"ok": true}}), &a_sink).unwrap();
+        assert_eq!(child.read().await, json!({"jsonrpc": "2.0", "id": "s2", "result": {"ok": true}}));
+    }
+}
