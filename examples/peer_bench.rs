@@ -13,9 +13,8 @@
 //!   client endpoint is legacy HTTP+SSE only (GET `/mcp`, POST `/messages`), and it
 //!   namespaces tools (`demo__echo`).
 //! * `mcp-proxy-sse`: the same legacy HTTP+SSE client against mcp-proxy's `/sse`, as an SSE
-//!   reference for mcp-hub. (mcpvisor's SSE route and `transport: "stdio"` bridge are not
-//!   compared: the demo child serves no legacy SSE, and stdio children are still spawned with
-//!   stdin on /dev/null, so they exit at once.)
+//!   reference for mcp-hub. (mcpvisor's stdio bridge is compared with stdio gateways in
+//!   `stdio_bench`.)
 //!
 //! The tool called on each path is the one its `tools/list` names `echo` or `*__echo`.
 //! A Streamable HTTP call's latency is the POST until its body is read; an SSE call's is the POST
@@ -45,17 +44,12 @@ use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 
 use support::{
-    free_port, free_range, http_client, loadavg, release_binary, wait_running, workspace_root, write_json, Proc,
+    echo_tool, free_port, free_range, http_client, jsonrpc, loadavg, no_proxy_client, post, release_binary,
+    streamable_client, streamable_session, wait_running, workspace_root, write_json, Proc, Stats,
 };
 
-const PROTOCOL: &str = "2025-11-25";
+use support::CLIENT_PROTOCOL as PROTOCOL;
 const SSE_PROTOCOL: &str = "2025-03-26";
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-    per_second: f64,
-}
 
 struct Args {
     calls: usize,
@@ -99,73 +93,6 @@ impl Target {
             Target::Streamable { tool, .. } | Target::Sse { tool, .. } => tool,
         }
     }
-}
-
-fn no_proxy_client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().pool_max_idle_per_host(1).build().unwrap()
-}
-
-/// The JSON-RPC message in a Streamable HTTP answer (plain JSON or SSE frames).
-fn jsonrpc(body: &str) -> Option<Value> {
-    if let Ok(v) = serde_json::from_str(body) {
-        return Some(v);
-    }
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .find_map(|d| serde_json::from_str::<Value>(d.trim()).ok().filter(|v| v.get("id").is_some()))
-}
-
-/// The echo tool among `tools/list`'s answer: `echo` or a namespaced `*__echo`.
-fn echo_tool(list: &Value) -> Option<String> {
-    list["result"]["tools"]
-        .as_array()?
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .find(|n| *n == "echo" || n.ends_with("__echo"))
-        .map(str::to_string)
-}
-
-// ---------------------------------------------------------------- Streamable HTTP
-
-async fn post(http: &reqwest::Client, url: &str, session: Option<&str>, body: &Value) -> (Option<String>, String) {
-    let mut request = http
-        .post(url)
-        .header("accept", "application/json, text/event-stream")
-        .header("content-type", "application/json")
-        .header("mcp-protocol-version", PROTOCOL)
-        .body(body.to_string());
-    if let Some(session) = session {
-        request = request.header("mcp-session-id", session);
-    }
-    let response = request.send().await.expect("request");
-    assert!(response.status().is_success(), "{url}: {}", response.status());
-    let session = response.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_string());
-    (session, response.text().await.expect("body"))
-}
-
-/// initialize + notifications/initialized; the client and the session id.
-async fn streamable_session(url: &str) -> (reqwest::Client, Option<String>) {
-    let http = no_proxy_client();
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}});
-    let (session, _) = post(&http, url, None, &init).await;
-    post(&http, url, session.as_deref(), &json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
-    (http, session)
-}
-
-/// One client: its own connection pool and session; returns each call's latency.
-async fn streamable_client(url: String, tool: String, calls: usize) -> Vec<Duration> {
-    let (http, session) = streamable_session(&url).await;
-    let session = session.as_deref();
-    let mut latencies = Vec::with_capacity(calls);
-    for id in 1..=calls {
-        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {"text": "bench"}}});
-        let started = Instant::now();
-        let (_, body) = post(&http, &url, session, &call).await;
-        latencies.push(started.elapsed());
-        assert!(body.contains("\"bench\""), "unexpected answer: {body}");
-    }
-    latencies
 }
 
 async fn streamable_echo_tool(url: &str) -> Option<String> {

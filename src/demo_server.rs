@@ -1,7 +1,7 @@
 //! `mcpvisor demo-server`: a small MCP server on rmcp, so the shipped
 //! workspaces run on a machine with nothing else installed.
 //!
-//! Tools: `echo`, `add`, `sleep` (ms), `env` (the names in the child's
+//! Tools: `echo`, `add`, `blob` (a text of n KiB), `sleep` (ms), `env` (the names in the child's
 //! environment, never values), `pid`, and `hang`, which freezes the whole
 //! server (process alive, MCP silent) so health probes can be tested.
 //! Streamable HTTP on `127.0.0.1:<port>/mcp`, or stdio.
@@ -33,6 +33,12 @@ pub struct EchoArgs {
 pub struct AddArgs {
     pub a: i64,
     pub b: i64,
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+pub struct BlobArgs {
+    /// Size of the text, in KiB (at most 16384).
+    pub kib: u32,
 }
 
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
@@ -72,6 +78,11 @@ impl DemoServer {
         names.join("\n")
     }
 
+    #[tool(description = "A text of kib KiB, for tests of large answers")]
+    async fn blob(&self, Parameters(BlobArgs { kib }): Parameters<BlobArgs>) -> String {
+        "x".repeat(kib.min(16 << 10) as usize * 1024)
+    }
+
     #[tool(description = "The server's process id")]
     async fn pid(&self) -> String {
         std::process::id().to_string()
@@ -92,7 +103,7 @@ impl ServerHandler for DemoServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("mcpvisor-demo", env!("CARGO_PKG_VERSION")))
-            .with_instructions("mcpvisor's demo server: echo, add, sleep, env, pid, hang")
+            .with_instructions("mcpvisor's demo server: echo, add, blob, sleep, env, pid, hang")
     }
 }
 

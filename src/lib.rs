@@ -4,6 +4,7 @@
 //! reconciles `workspaces/*.json` into one supervised child per workspace.
 //! See ARCHITECTURE.md for the map and docs/reference.md for the contract.
 
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod demo_server;
@@ -201,6 +202,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         runtime: runtime.clone(),
         metrics,
         history,
+        hubs: Arc::default(),
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub workspace_read_errors: Counter,
     pub proxy_requests: Family<CodeLabel, Counter>,
     pub proxy_seconds: HistogramFamily<WorkspaceLabel>,
+    /// Lines of a `stdio` child's stdout that are not JSON-RPC.
+    pub protocol_errors: Family<WorkspaceLabel, Counter>,
 }
 
 impl Metrics {
@@ -108,6 +110,7 @@ impl Metrics {
             workspace_read_errors: Counter::default(),
             proxy_requests: Family::default(),
             proxy_seconds: histograms(),
+            protocol_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register("state_transitions", "Status transitions", metrics.transitions.clone());
@@ -140,6 +143,11 @@ impl Metrics {
             "proxy_request_duration_seconds",
             "Duration of proxied MCP requests",
             metrics.proxy_seconds.clone(),
+        );
+        registry.register(
+            "protocol_errors",
+            "Lines of a stdio child's stdout that are not JSON-RPC",
+            metrics.protocol_errors.clone(),
         );
         registry.register_collector(Box::new(StateCollector { sources }));
         Arc::new(Metrics { registry, ..metrics })

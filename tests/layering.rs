@@ -25,13 +25,16 @@ enum Rule {
 ///   what is done with them.
 /// - `metrics` renders what `state/` holds.
 /// - `resources` (the sampler) measures `process/` trees into `state/`.
+/// - `bridge` (the stdio bridge) multiplexes `process/` pipes; it knows
+///   nothing of who supervises the child or who serves its sessions.
 /// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
 /// - `history` (the git-backed config history) knows only `state/` (for
 ///   timestamps): it stores bytes and never applies anything.
 /// - `doctor` (the system check) holds beliefs against `/proc` and files; it
 ///   is handed the beliefs and knows nothing of who holds them.
 const RULES: &[(&str, Rule)] = &[
-    ("process", Rule::Forbid(&["supervisor", "http"])),
+    ("process", Rule::Forbid(&["supervisor", "http", "bridge"])),
+    ("bridge", Rule::Forbid(&["supervisor", "http"])),
     ("state", Rule::Forbid(&["supervisor", "http", "process"])),
     ("config", Rule::Forbid(&["supervisor", "http", "process"])),
     ("metrics", Rule::Only(&["state"])),

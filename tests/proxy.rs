@@ -118,7 +118,7 @@ async fn a_stopped_workspace_answers_at_once() {
     assert_eq!(messages[0]["error"]["code"], -32000);
 
     let sse = daemon.http.get(format!("{}/workspaces/off/sse", daemon.url)).send().await.unwrap();
-    assert_eq!(sse.status(), 400, "a streamable-http workspace has no legacy endpoint");
+    assert_eq!(sse.status(), 503, "a streamable-http workspace has a legacy endpoint too, answering at once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

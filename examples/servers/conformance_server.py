@@ -6,7 +6,8 @@ against it directly and through mcpvisor, to show the proxy changes nothing.
 
 Run by hand: ``.venv/bin/python examples/servers/conformance_server.py --port 3001``;
 Streamable HTTP at ``http://127.0.0.1:3001/mcp``, with an in-memory event store
-so streams can be resumed with ``Last-Event-ID`` (SEP-1699).
+so streams can be resumed with ``Last-Event-ID`` (SEP-1699). ``--transport stdio``
+serves stdin/stdout instead, for mcpvisor's stdio bridge.
 """
 
 from __future__ import annotations
@@ -118,7 +119,12 @@ async def test_tool_with_progress(ctx: Context) -> str:
         await ctx.report_progress(progress=done, total=100, message=f"Completed step {done} of 100")
         await asyncio.sleep(0.05)
     meta = ctx.request_context.meta if ctx.request_context else None
-    return str(meta.progress_token if meta and meta.progress_token is not None else 0)
+    # The SDK gives the request's _meta as a dict or as a model, by version.
+    if isinstance(meta, dict):
+        token = meta.get("progressToken", meta.get("progress_token"))
+    else:
+        token = getattr(meta, "progress_token", None)
+    return str(token if token is not None else 0)
 
 
 @server.tool()
@@ -303,8 +309,14 @@ lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestPa
 def main() -> None:
     parser = argparse.ArgumentParser(description="MCP conformance test server (mcp Python SDK).")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3001))
+    parser.add_argument("--transport", choices=["streamable-http", "stdio"], default="streamable-http")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.transport == "stdio":
+        # For mcpvisor's stdio bridge: newline-delimited JSON-RPC on stdin/stdout.
+        log.info("conformance server on stdio")
+        server.run(transport="stdio")
+        return
     app = server.streamable_http_app(host=HOST, event_store=MemoryEventStore(), retry_interval=100)
     log.info("conformance server at http://%s:%d/mcp", HOST, args.port)
     uvicorn.run(app, host=HOST, port=args.port, log_level="warning")

@@ -14,6 +14,8 @@ Transports (bound to 127.0.0.1 only):
 * ``--transport streamable-http`` (default): Streamable HTTP at ``/mcp``
 * ``--transport sse``: legacy HTTP+SSE, event stream at ``/sse``, client
   messages POSTed to ``/messages/?session_id=...`` (the SDK defaults)
+* ``--transport stdio``: newline-delimited JSON-RPC on stdin/stdout, for
+  mcpvisor's stdio bridge (see ``examples/workspaces/notes-stdio.json``)
 
 mcpvisor runs it from a workspace file (see ``examples/workspaces/notes.json``)
 roughly as::
@@ -24,7 +26,7 @@ with the working directory at the repository root, ``PORT`` chosen by mcpvisor
 and ``NOTES_DIR=${DATA_DIR}/notes``. ``scripts/setup-python`` creates ``.venv``.
 Run by hand: ``python examples/servers/notes.py --port 8000``.
 
-Everything is logged to stderr; stdout stays unused.
+Everything is logged to stderr; stdout stays unused (it carries MCP in stdio mode).
 """
 
 from __future__ import annotations
@@ -108,9 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--transport",
-        choices=["streamable-http", "sse"],
+        choices=["streamable-http", "sse", "stdio"],
         default="streamable-http",
-        help="streamable-http (served at /mcp) or legacy sse (served at /sse)",
+        help="streamable-http (served at /mcp), legacy sse (served at /sse) or stdio",
     )
     return parser.parse_args(argv)
 
@@ -133,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
         force=True,
     )
 
+    if args.transport == "stdio":
+        log.info("notes server (pid %d) serving stdio, notes in %s", os.getpid(), notes_dir())
+        mcp.run(transport="stdio")
+        return
     if args.transport == "sse":
         # GET /sse opens the event stream; POST /messages/?session_id=... carries client messages.
         app = mcp.sse_app(host=HOST)

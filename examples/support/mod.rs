@@ -394,3 +394,80 @@ pub async fn wait_all(http: &reqwest::Client, url: &str, status: &str, n: usize,
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// ---------------------------------------------------------------- Streamable HTTP clients
+
+/// The protocol revision the Streamable HTTP bench clients ask for.
+pub const CLIENT_PROTOCOL: &str = "2025-11-25";
+
+/// Latencies of a run of calls.
+pub struct Stats {
+    pub p50: Duration,
+    pub p99: Duration,
+    pub per_second: f64,
+}
+
+pub fn no_proxy_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().pool_max_idle_per_host(1).build().unwrap()
+}
+
+/// The JSON-RPC message in a Streamable HTTP answer (plain JSON or SSE frames).
+pub fn jsonrpc(body: &str) -> Option<Value> {
+    if let Ok(v) = serde_json::from_str(body) {
+        return Some(v);
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .find_map(|d| serde_json::from_str::<Value>(d.trim()).ok().filter(|v| v.get("id").is_some()))
+}
+
+/// The echo tool among `tools/list`'s answer: `echo` or a namespaced `*__echo`.
+pub fn echo_tool(list: &Value) -> Option<String> {
+    list["result"]["tools"]
+        .as_array()?
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .find(|n| *n == "echo" || n.ends_with("__echo"))
+        .map(str::to_string)
+}
+
+pub async fn post(http: &reqwest::Client, url: &str, session: Option<&str>, body: &Value) -> (Option<String>, String) {
+    let mut request = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", CLIENT_PROTOCOL)
+        .body(body.to_string());
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let response = request.send().await.expect("request");
+    assert!(response.status().is_success(), "{url}: {}", response.status());
+    let session = response.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_string());
+    (session, response.text().await.expect("body"))
+}
+
+/// initialize + notifications/initialized; the client and the session id.
+pub async fn streamable_session(url: &str) -> (reqwest::Client, Option<String>) {
+    let http = no_proxy_client();
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": CLIENT_PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}});
+    let (session, _) = post(&http, url, None, &init).await;
+    post(&http, url, session.as_deref(), &json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    (http, session)
+}
+
+/// One client: its own connection pool and session; returns each call's latency.
+pub async fn streamable_client(url: String, tool: String, calls: usize) -> Vec<Duration> {
+    let (http, session) = streamable_session(&url).await;
+    let session = session.as_deref();
+    let mut latencies = Vec::with_capacity(calls);
+    for id in 1..=calls {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {"text": "bench"}}});
+        let started = Instant::now();
+        let (_, body) = post(&http, &url, session, &call).await;
+        latencies.push(started.elapsed());
+        assert!(body.contains("\"bench\""), "unexpected answer: {body}");
+    }
+    latencies
+}

@@ -77,6 +77,10 @@ pub struct WorkspaceConfig {
     /// When the child starts and when it stops for want of clients.
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    /// How client sessions share a `stdio` child (docs/reference.md §9);
+    /// ignored for other transports.
+    #[serde(default)]
+    pub stdio: StdioConfig,
 }
 
 fn yes() -> bool {
@@ -134,6 +138,43 @@ impl Transport {
             Transport::Stdio => "stdio",
         }
     }
+}
+
+/// How client sessions share a `stdio` child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct StdioConfig {
+    /// `shared`: one child for every client session; `per-session`: a child
+    /// of its own for each.
+    pub share: StdioShare,
+    /// With `per-session`: the most children (sessions) at once; one more
+    /// session gets 503.
+    #[serde(deserialize_with = "checked::<_, Positive<u32>>")]
+    #[schemars(with = "Positive<u32>")]
+    pub max_sessions: u32,
+    /// With `per-session`: a session idle this long is ended and its child
+    /// stopped.
+    #[serde(serialize_with = "humantime_serde::serialize", deserialize_with = "checked::<_, kinds::Duration>")]
+    #[schemars(with = "kinds::Duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for StdioConfig {
+    fn default() -> Self {
+        StdioConfig { share: StdioShare::Shared, max_sessions: 16, idle_timeout: Duration::from_secs(600) }
+    }
+}
+
+/// How client sessions share a `stdio` child.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StdioShare {
+    /// One child, many sessions: ids, progress tokens, cancellations and
+    /// subscriptions are mapped per session.
+    #[default]
+    Shared,
+    /// One child per client session.
+    PerSession,
 }
 
 /// Readiness and liveness probing of the child (MCP `initialize`, then `ping`).

@@ -40,6 +40,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 pub fn render(state: &AppState, record: &WorkspaceRecord, now: SystemTime) -> WorkspaceStatus {
     let mut status = record.render(now);
     status.resources = state.resources.get(&status.workspace);
+    status.stdio = state.ctx.hubs.sessions(&status.workspace);
     status
 }
 
@@ -60,6 +61,7 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Json<WorkspaceList> {
         .map(|r| {
             let mut status = r.render(now);
             status.resources = sample.children.get(&status.workspace).copied();
+            status.stdio = state.ctx.hubs.sessions(&status.workspace);
             status
         })
         .collect();

@@ -6,6 +6,7 @@ use std::fmt;
 
 use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::error::SpawnError;
 use super::logs::LogSink;
@@ -37,6 +38,19 @@ impl fmt::Display for ExitInfo {
             (None, Some(signal)) => write!(f, "killed by {signal}"),
             (None, None) => write!(f, "exited"),
         }
+    }
+}
+
+/// The ends of a `stdio` child's stdin and stdout that the parent holds:
+/// newline-delimited JSON-RPC goes in and comes out here.
+pub struct StdioPipes {
+    pub stdin: Box<dyn AsyncWrite + Send + Unpin>,
+    pub stdout: Box<dyn AsyncRead + Send + Unpin>,
+}
+
+impl fmt::Debug for StdioPipes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StdioPipes").finish_non_exhaustive()
     }
 }
 
@@ -79,6 +93,12 @@ pub trait Child: Send + 'static {
     /// child exited.
     fn oom_killed(&self) -> bool {
         false
+    }
+    /// The child's stdin and stdout, once, when its spec asked for piped
+    /// stdio ([`super::LaunchSpec::stdin_pipe`]); `None` otherwise or after
+    /// the first call. Dropping the stdin end closes the child's stdin.
+    fn take_stdio(&mut self) -> Option<StdioPipes> {
+        None
     }
 }
 

@@ -15,7 +15,7 @@ use super::census::Census;
 use super::cgroup::{CgroupError, Cgroups, WorkspaceCgroup};
 use super::error::SpawnError;
 use super::fork::{self, Forked};
-use super::launcher::{Child, ExitInfo, Launcher};
+use super::launcher::{Child, ExitInfo, Launcher, StdioPipes};
 use super::logs::{LogSink, Stream};
 use super::reaper::Reaper;
 use super::spawner::Spawner;
@@ -61,7 +61,12 @@ impl Launcher for LocalLauncher {
             let cgroups = self.cgroups.clone();
             let (mut leader, cgroup) = self.spawner.run(move || spawn_process(&job, &reaper, cgroups.as_ref())).await?;
             let pid = leader.pid();
-            let (stdin, stdout, stderr) = leader.take_stdio();
+            let (stdin, mut stdout, stderr) = leader.take_stdio();
+            // A stdio child's stdout carries MCP: it goes to the bridge, not the log.
+            let bridged = match (spec.stdin_pipe, stdin) {
+                (true, Some(stdin)) => stdout.take().map(|stdout| (stdin, stdout)),
+                _ => None,
+            };
             let pumps = [(stdout, Stream::Stdout), (stderr, Stream::Stderr)]
                 .into_iter()
                 .filter_map(|(pipe, stream)| Some(tokio::spawn(logs.clone().pump(pipe?, stream))))
@@ -79,7 +84,7 @@ impl Launcher for LocalLauncher {
                 exit: None,
                 killed: false,
                 pumps,
-                _stdin: stdin,
+                stdio: bridged,
             }) as Box<dyn Child>)
         })
     }
@@ -232,10 +237,8 @@ struct LocalChild {
     killed: bool,
     /// The stdout and stderr copiers; they end at EOF.
     pumps: Vec<tokio::task::JoinHandle<()>>,
-    /// The open end of a `stdio` child's stdin. Held, not written: until
-    /// stdio children are bridged to HTTP, this keeps a stdio server from
-    /// seeing EOF and exiting.
-    _stdin: Option<OwnedFd>,
+    /// A `stdio` child's stdin and stdout until the bridge takes them.
+    stdio: Option<(OwnedFd, OutputPipe)>,
 }
 
 /// How long an exit waits for the child's last output lines. A grandchild
@@ -320,6 +323,17 @@ impl Child for LocalChild {
 
     fn oom_killed(&self) -> bool {
         self.tracking.oom_kills() > 0
+    }
+
+    fn take_stdio(&mut self) -> Option<StdioPipes> {
+        let (stdin, stdout) = self.stdio.take()?;
+        match tokio::net::unix::pipe::Sender::from_owned_fd(stdin) {
+            Ok(stdin) => Some(StdioPipes { stdin: Box::new(stdin), stdout }),
+            Err(e) => {
+                tracing::warn!(pid = self.pid, "making the child's stdin asynchronous: {e}");
+                None
+            }
+        }
     }
 }
 

@@ -22,7 +22,7 @@ mod tracking;
 pub mod tree;
 
 pub use error::SpawnError;
-pub use launcher::{Child, ExitInfo, Launcher};
+pub use launcher::{Child, ExitInfo, Launcher, StdioPipes};
 pub use local::LocalLauncher;
 pub use logs::{LogLine, LogSink, Stream, DEFAULT_TAIL_LINES};
 pub use spec::{build_spec, LaunchContext, LaunchSpec};

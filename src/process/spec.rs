@@ -40,8 +40,9 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub limits: Limits,
-    /// Give the child a stdin pipe that stays open (a `stdio` MCP server
-    /// ends when its stdin closes); otherwise stdin is `/dev/null`.
+    /// A `stdio` MCP server: its stdin and stdout are pipes handed to the
+    /// stdio bridge ([`crate::process::Child::take_stdio`]) instead of
+    /// `/dev/null` and the log; stderr still goes to the log.
     pub stdin_pipe: bool,
 }
 

@@ -255,6 +255,7 @@ mod tests {
                 resources: None,
                 applied_version: None,
                 file_version: None,
+                stdio: None,
             },
             pgid: None,
             desired_config_version: None,

@@ -22,6 +22,7 @@ pub use events::{Event, EventBus, StatusChange, Subscription, DEFAULT_RING_CAPAC
 pub use resource_history::{ResourceHistory, ResourcePoint};
 pub use resources::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources};
 pub use status::{
-    BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, Timestamp, WorkspaceRecord, WorkspaceStatus,
+    BreakerState, BreakerStatus, ErrorRecord, Health, ProxyPaths, Status, StdioSessions, Timestamp, WorkspaceRecord,
+    WorkspaceStatus,
 };
 pub use view::{Snapshot, StateView};

@@ -175,6 +175,20 @@ pub struct WorkspaceStatus {
     /// The version of the workspace file as last read, applied or not.
     #[serde(default)]
     pub file_version: Option<String>,
+    /// A `stdio` workspace's client sessions (docs/reference.md §9); absent
+    /// for other transports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<StdioSessions>,
+}
+
+/// The client sessions of a `stdio` workspace, as its status shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StdioSessions {
+    /// Open client sessions.
+    pub sessions: usize,
+    /// With `per-session`: the pid of each session's child.
+    pub session_pids: Vec<u32>,
 }
 
 /// Everything an actor publishes about its workspace: the public status plus

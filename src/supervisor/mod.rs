@@ -33,6 +33,8 @@ pub struct SupervisorContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The config history (`state/history/`); writes never wait.
     pub history: crate::history::History,
+    /// The stdio bridge's hub of each running `stdio` child; the proxy reads it.
+    pub hubs: Arc<crate::bridge::Hubs>,
 }
 
 /// A workspace's handle and log sink, as the HTTP layer reaches them.

@@ -6,6 +6,7 @@
 //! closed again with `DELETE` (Streamable HTTP, spec 2025-03-26 "Session
 //! Management") so probes do not pile up sessions in the child.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use thiserror::Error;
 use tokio::time::Instant;
 
+use crate::bridge::Hub;
 use crate::config::Transport;
 
 /// The protocol revision the probe asks for; servers answer with theirs.
@@ -106,6 +108,8 @@ pub struct ProbeTarget {
     pub timeout: Duration,
     /// How long readiness probes are retried.
     pub startup_timeout: Duration,
+    /// A `stdio` child's hub, which probes it over its stdin and stdout.
+    pub hub: Option<Arc<Hub>>,
 }
 
 /// Probes children; the actor's one window on whether a child answers.
@@ -138,23 +142,20 @@ impl Default for McpProber {
     }
 }
 
-/// How long a `stdio` child must stay up to count as ready, until the
-/// stdio bridge probes it over MCP.
-const STDIO_SETTLE: Duration = Duration::from_millis(200);
-
 impl Prober for McpProber {
     fn probe(&self, target: ProbeTarget, readiness: bool) -> BoxFuture<'static, Result<(), String>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let ProbeTarget { url, transport, timeout, startup_timeout } = target;
-            let result = match (transport, readiness) {
-                (Transport::Stdio, true) => {
-                    tokio::time::sleep(STDIO_SETTLE).await;
-                    Ok(())
-                }
-                (Transport::Stdio, false) => Ok(()),
-                (_, true) => await_ready(&client, &url, transport, timeout, startup_timeout).await,
-                (_, false) => initialize(&client, &url, transport, timeout).await,
+            let ProbeTarget { url, transport, timeout, startup_timeout, hub } = target;
+            if transport == Transport::Stdio {
+                // Readiness: mcpvisor's own `initialize` over stdio; liveness: `ping`.
+                let Some(hub) = hub else { return Err("the stdio child's pipes were not bridged".to_string()) };
+                let result = if readiness { hub.initialize(startup_timeout).await } else { hub.ping(timeout).await };
+                return result.map_err(|e| e.to_string());
+            }
+            let result = match readiness {
+                true => await_ready(&client, &url, transport, timeout, startup_timeout).await,
+                false => initialize(&client, &url, transport, timeout).await,
             };
             result.map_err(|e| e.to_string())
         })

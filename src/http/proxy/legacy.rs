@@ -83,6 +83,9 @@ async fn relay_sse(
     request: Request,
 ) -> Response {
     let proxy = state.proxy.clone();
+    if proxy.bridged(&name, "sse") {
+        return super::bridged::legacy_sse(&state, name, connect).await;
+    }
     let none = Peeked::default();
     let run = match super::demand::route(state, &name, "sse").await {
         Ok((_, run)) => run,
@@ -285,6 +288,9 @@ async fn relay_message(
     request: Request,
 ) -> Response {
     let proxy = state.proxy.clone();
+    if proxy.bridged(&name, "sse") {
+        return super::bridged::legacy_message(state, name, request).await;
+    }
     let (parts, body) = request.into_parts();
     let bytes = match body::read(&parts.headers, body).await {
         Ok(bytes) => bytes,

@@ -15,6 +15,7 @@
 //! first.
 
 mod body;
+mod bridged;
 mod connections;
 mod demand;
 mod error;
@@ -84,6 +85,8 @@ pub struct Proxy {
     runs: Runs,
     pub connections: Arc<Connections>,
     sessions: legacy::Sessions,
+    /// Client sessions of `stdio` children.
+    bridged: bridged::Sessions,
 }
 
 impl Proxy {
@@ -105,6 +108,7 @@ impl Proxy {
             runs: Runs::default(),
             connections: Arc::new(Connections::default()),
             sessions: legacy::Sessions::default(),
+            bridged: bridged::Sessions::default(),
         });
         tokio::spawn(runs::watch(Arc::downgrade(&proxy), bus, shutdown));
         proxy
@@ -147,6 +151,12 @@ impl Proxy {
             }
             None => ProxyError::unknown(name),
         }
+    }
+
+    /// Whether workspace `name`'s child speaks another transport than the
+    /// route's `native` one, so the bridge serves it (docs/reference.md §9).
+    fn bridged(&self, name: &str, native: &str) -> bool {
+        self.bus.view().get(name).is_some_and(|r| r.status.transport != native)
     }
 
     fn timed_out(&self, name: &str) -> ProxyError {

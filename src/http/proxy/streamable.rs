@@ -66,6 +66,9 @@ async fn relay_mcp(
     request: Request,
 ) -> Response {
     let proxy = &state.proxy;
+    if proxy.bridged(&name, "streamable-http") {
+        return super::bridged::streamable(state, name, connect, request).await;
+    }
     let (parts, body) = request.into_parts();
     let (body, peeked) = if parts.method == Method::POST {
         match body::read(&parts.headers, body).await {

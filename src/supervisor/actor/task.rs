@@ -20,7 +20,8 @@ use tracing::Instrument;
 use super::handle::{WorkspaceHandle, COMMAND_QUEUE};
 use super::messages::Command;
 use super::state::{ChildId, Core, Effect, Failure, Input, ProbeKind, SpawnFailure, Spawned, Verdict, View};
-use crate::config::{FileError, WorkspaceConfig};
+use crate::bridge::{Hub, PoolSpec, SessionPool};
+use crate::config::{FileError, StdioShare, WorkspaceConfig};
 use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, LogSink};
 use crate::state::{Activity, BreakerStatus, ErrorRecord, ProxyPaths, Timestamp, WorkspaceRecord, WorkspaceStatus};
@@ -79,6 +80,8 @@ struct Slot {
     id: ChildId,
     child: Box<dyn Child>,
     exited: bool,
+    /// The stdio bridge's hub of a `stdio` child.
+    hub: Option<Arc<Hub>>,
 }
 
 struct Driver {
@@ -125,6 +128,12 @@ impl Driver {
         self.perform(effects, None).await;
         while !self.core.finished() {
             let (input, reply) = self.next_input().await;
+            if let Input::Exited { child, .. } = input {
+                // In-flight requests of every client session fail at once.
+                if let Some(hub) = self.child.as_ref().filter(|s| s.id == child).and_then(|s| s.hub.as_ref()) {
+                    self.ctx.hubs.remove(&self.name, hub.pid);
+                }
+            }
             if let Input::Gone { child } = input {
                 // The tree is gone: drop its handle before the core moves on.
                 if self.child.as_ref().is_some_and(|s| s.id == child) {
@@ -316,9 +325,10 @@ impl Driver {
             }
         };
         self.log_mark = self.logs.mark();
-        let spawned = match build_spec(&self.name, config, port, &self.ctx.launch) {
-            Ok(spec) => self.ctx.launcher.spawn(&spec, &self.logs).await,
-            Err(e) => Err(e),
+        let spec = build_spec(&self.name, config, port, &self.ctx.launch);
+        let spawned = match &spec {
+            Ok(spec) => self.ctx.launcher.spawn(spec, &self.logs).await,
+            Err(e) => Err(e.clone()),
         };
         let child = match spawned {
             Ok(child) => child,
@@ -329,14 +339,41 @@ impl Driver {
                 return Input::Spawned { child: id, result: Err(failure) };
             }
         };
+        let mut child = child;
         let (pid, pgid, isolation) = (child.pid(), child.pgid(), child.isolation());
+        let hub = child.take_stdio().map(|pipes| {
+            let label = crate::metrics::WorkspaceLabel { workspace: self.name.clone() };
+            let errors = self.ctx.metrics.protocol_errors.get_or_create(&label).clone();
+            let hub = Hub::start(&self.name, pid, pipes, self.logs.clone(), errors.clone());
+            self.ctx.hubs.insert(hub.clone());
+            if let (StdioShare::PerSession, Ok(spec)) = (config.stdio.share, spec) {
+                let pool = SessionPool::new(
+                    &self.name,
+                    pid,
+                    PoolSpec {
+                        launcher: self.ctx.launcher.clone(),
+                        spec,
+                        logs: self.logs.clone(),
+                        runtime: self.ctx.runtime.clone(),
+                        protocol_errors: errors.clone(),
+                        max_sessions: config.stdio.max_sessions as usize,
+                        idle_timeout: config.stdio.idle_timeout,
+                        startup_timeout: config.health.startup_timeout,
+                        stop_signal: config.stop.signal.as_nix(),
+                        grace: config.stop.grace,
+                    },
+                );
+                self.ctx.hubs.insert_pool(pool);
+            }
+            hub
+        });
         let memory_enforced = child.memory_limit_enforced();
         tracing::info!(pid, port, "child started");
         if let Some(process) = ProcessId::of(pid as i32) {
             let entry = RuntimeEntry { pid: process.pid, pgid, start_time: process.start_time, port, tree: vec![] };
             self.ctx.runtime.set(&self.name, entry);
         }
-        self.child = Some(Slot { id, child, exited: false });
+        self.child = Some(Slot { id, child, exited: false, hub });
         Input::Spawned { child: id, result: Ok(Spawned { pid, pgid, port, isolation, memory_enforced }) }
     }
 
@@ -347,6 +384,7 @@ impl Driver {
             transport: config.transport,
             timeout: config.health.timeout,
             startup_timeout: config.health.startup_timeout,
+            hub: self.child.as_ref().filter(|s| s.id == child).and_then(|s| s.hub.clone()),
         };
         let probe = self.ctx.prober.probe(target, kind == ProbeKind::Readiness);
         let sender = self.results_sender.clone();
@@ -427,6 +465,7 @@ impl Driver {
                 resources: None,
                 applied_version: view.applied_version.clone(),
                 file_version: view.file_version.clone(),
+                stdio: None,
             },
             pgid: view.pgid,
             desired_config_version: view.version.clone(),

@@ -1173,6 +1173,7 @@ mod driver {
             }),
             // Its writer never runs: these tests keep no history.
             history: crate::history::History::new(&dir.path().join("history")).0,
+            hubs: Arc::default(),
         });
         let logs = LogSink::open(&dir.path().join("logs"), "dev");
         let handle = actor::spawn(

@@ -1,0 +1,567 @@
+//! Both client transports for `stdio` children, served over the stdio
+//! bridge's hub ([`crate::bridge`], docs/reference.md §9).
+//!
+//! `/workspaces/{name}/mcp` is a Streamable HTTP server of mcpvisor's own:
+//! an `initialize` opens a client session on the hub and gets mcpvisor's
+//! `Mcp-Session-Id` (the child's `InitializeResult` is the answer); a POST
+//! without a session is a stateless exchange on a session of its own; a
+//! POST with requests answers on an SSE stream (or as JSON when the client
+//! accepts only that) that ends once every request is answered; GET opens
+//! the session's stream for messages not tied to a request; DELETE ends the
+//! session. `/workspaces/{name}/sse` opens a session whose one stream
+//! carries everything, with `/messages?session_id=...` for the client's
+//! messages.
+//!
+//! Client sessions are kept by mcpvisor's id, apart from the hub they use,
+//! so a later child can take them over (docs/reference.md §11). Today a
+//! session whose child is gone answers 404, and the client initializes
+//! again.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use bytes::{Bytes, BytesMut};
+use rmcp::model::ErrorCode;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::connections::{Exchange, Registration};
+use super::jsonrpc::{self, Peeked, SERVER_ERROR};
+use super::relay::sleep_until;
+use super::{body, peer, Proxy, ProxyError, Run};
+use crate::bridge::{kind, BridgeError, Kind, Outbox, Sink, SseChild, StreamableChild, Upstream};
+use crate::http::sse::KEEP_ALIVE_EVERY;
+use crate::http::AppState;
+use crate::sse::{Frame, KEEP_ALIVE};
+
+const SESSION_HEADER: &str = "mcp-session-id";
+/// Most client sessions kept per daemon; past it the oldest is ended.
+const MAX_SESSIONS: usize = 10_000;
+
+/// One client session on a stdio child, by mcpvisor's session id.
+#[derive(Debug)]
+pub struct ClientSession {
+    workspace: String,
+    upstream: Box<dyn Upstream>,
+    /// A legacy session's one stream, which takes every answer, and the
+    /// exchange that lists the requests it waits on.
+    legacy: Option<(Sink, Arc<Exchange>)>,
+    created: u64,
+}
+
+/// The client sessions of stdio children.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    table: Mutex<HashMap<String, Arc<ClientSession>>>,
+    created: std::sync::atomic::AtomicU64,
+    /// mcpvisor's client of HTTP children whose transport a client does not speak.
+    client: std::sync::OnceLock<reqwest::Client>,
+}
+
+impl Sessions {
+    /// Keeps `session` under `id`.
+    fn insert(
+        &self,
+        id: &str,
+        workspace: &str,
+        upstream: Box<dyn Upstream>,
+        legacy: Option<(Sink, Arc<Exchange>)>,
+    ) -> Arc<ClientSession> {
+        let created = self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = Arc::new(ClientSession { workspace: workspace.to_string(), upstream, legacy, created });
+        let mut table = self.table.lock().unwrap();
+        if table.len() >= MAX_SESSIONS {
+            let oldest = table.iter().min_by_key(|(_, s)| s.created).map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                table.remove(&oldest);
+            }
+        }
+        table.insert(id.to_string(), session.clone());
+        session
+    }
+
+    /// The open session `id` of `workspace`; a closed one is forgotten.
+    fn get(&self, workspace: &str, id: &str) -> Option<Arc<ClientSession>> {
+        let mut table = self.table.lock().unwrap();
+        let session = table.get(id).filter(|s| s.workspace == workspace)?.clone();
+        if session.upstream.is_closed() {
+            table.remove(id);
+            return None;
+        }
+        Some(session)
+    }
+
+    fn remove(&self, id: &str) -> Option<Arc<ClientSession>> {
+        self.table.lock().unwrap().remove(id)
+    }
+}
+
+/// What a stream keeps alive: a session of the table, or a session of its own.
+enum Held {
+    Shared(Arc<ClientSession>),
+    Own(Box<dyn Upstream>),
+}
+
+impl Held {
+    fn upstream(&self) -> &dyn Upstream {
+        match self {
+            Held::Shared(session) => session.upstream.as_ref(),
+            Held::Own(session) => session.as_ref(),
+        }
+    }
+}
+
+/// The workspace's current run, whatever its child speaks; a workspace that
+/// starts on demand is started first and the request held (§11).
+///
+/// # Errors
+/// The workspace is unknown or not running.
+async fn route(state: &AppState, name: &str) -> Result<Arc<Run>, ProxyError> {
+    let transport = state.ctx.bus.view().get(name).ok_or_else(|| ProxyError::unknown(name))?.status.transport;
+    super::demand::route(state, name, transport).await.map(|(_, run)| run)
+}
+
+/// A new session on the workspace's child: on its hub for a `stdio` child,
+/// else a session of mcpvisor's own on the HTTP child.
+///
+/// # Errors
+/// The child is gone, or an HTTP child could not be reached.
+async fn open_upstream(state: &AppState, name: &str, run: &Run) -> Result<Box<dyn Upstream>, ProxyError> {
+    let record = state.ctx.bus.view().get(name).ok_or_else(|| ProxyError::unknown(name))?;
+    let unavailable = || ProxyError::unavailable(name, &record);
+    let client = || {
+        let client = state.proxy.bridged.client.get_or_init(|| reqwest::Client::builder().no_proxy().build().unwrap());
+        client.clone()
+    };
+    let url = run.upstream.endpoint(None).map_err(|_| unavailable())?.to_string();
+    match record.status.transport {
+        "stdio" => {
+            let pid = record.status.pid.unwrap_or(0);
+            if let Some(pool) = state.ctx.hubs.pool(name, pid) {
+                return match pool.open().await {
+                    Ok(session) => Ok(Box::new(session)),
+                    Err(BridgeError::Full(max)) => Err(ProxyError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        SERVER_ERROR,
+                        format!("workspace {name:?} has {max} sessions, its stdio.maxSessions; end one first"),
+                        Some(serde_json::json!({"workspace": name, "maxSessions": max})),
+                    )),
+                    Err(e) => Err(state.proxy.broken(name, run, &e.to_string()).await),
+                };
+            }
+            let hub = state.ctx.hubs.get(name, pid);
+            let session = hub.and_then(|hub| hub.open_session().ok()).ok_or_else(unavailable)?;
+            Ok(Box::new(session))
+        }
+        "sse" => match SseChild::open(client(), url).await {
+            Ok(session) => Ok(Box::new(session)),
+            Err(e) => Err(state.proxy.broken(name, run, &e.to_string()).await),
+        },
+        _ => Ok(Box::new(StreamableChild::open(client(), url))),
+    }
+}
+
+/// A new session id: 128 random bits in hex.
+fn new_session_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn unknown_session() -> ProxyError {
+    ProxyError::new(StatusCode::NOT_FOUND, ErrorCode(-32001), "session not found; initialize again".to_string(), None)
+}
+
+fn session_header(headers: &HeaderMap) -> Option<&str> {
+    headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok())
+}
+
+/// `/workspaces/{name}/mcp` for a `stdio` child.
+pub async fn streamable(
+    state: &Arc<AppState>,
+    name: String,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let none = Peeked::default();
+    match parts.method {
+        Method::POST => {
+            let bytes = match body::read(&parts.headers, body).await {
+                Ok(bytes) => bytes,
+                Err(response) => return response,
+            };
+            post(state, name, connect, &parts.headers, bytes).await
+        }
+        Method::GET => {
+            let run = match route(state, &name).await {
+                Ok(run) => run,
+                Err(error) => return error.reply(&none),
+            };
+            let Some(id) = session_header(&parts.headers) else {
+                let error = ProxyError::invalid(StatusCode::METHOD_NOT_ALLOWED, "GET needs an mcp-session-id".into());
+                return error.reply(&none);
+            };
+            let Some(session) = state.proxy.bridged.get(&name, id) else { return unknown_session().reply(&none) };
+            let (sink, outbox) = session.upstream.channel();
+            session.upstream.standby(&sink);
+            let registration = state.proxy.connections.open(&name, "stdio", "GET", Some(id), peer(connect));
+            let stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::Shared(session));
+            sse_response(StatusCode::OK, None, stream.into_body(None))
+        }
+        Method::DELETE => {
+            let Some(id) = session_header(&parts.headers) else {
+                return ProxyError::invalid(StatusCode::BAD_REQUEST, "DELETE needs an mcp-session-id".into())
+                    .reply(&none);
+            };
+            match state.proxy.bridged.get(&name, id) {
+                Some(_) => {
+                    state.proxy.bridged.remove(id);
+                    state.proxy.connections.end_session(&name, id);
+                    Response::new(Body::empty())
+                }
+                None => unknown_session().reply(&none),
+            }
+        }
+        _ => ProxyError::invalid(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not MCP", parts.method)).reply(&none),
+    }
+}
+
+/// The messages of a POST body, one or a batch.
+fn messages(bytes: &[u8]) -> Result<Vec<Value>, ProxyError> {
+    let parse_error = |e: serde_json::Error| {
+        ProxyError::new(StatusCode::BAD_REQUEST, ErrorCode::PARSE_ERROR, format!("reading a JSON-RPC body: {e}"), None)
+    };
+    match serde_json::from_slice::<Value>(bytes).map_err(parse_error)? {
+        Value::Array(batch) => Ok(batch),
+        one => Ok(vec![one]),
+    }
+}
+
+async fn post(
+    state: &Arc<AppState>,
+    name: String,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let proxy = &state.proxy;
+    let peeked = jsonrpc::peek(&bytes).unwrap_or_default();
+    let run = match route(state, &name).await {
+        Ok(run) => run,
+        Err(error) => return error.reply(&peeked),
+    };
+    let messages = match messages(&bytes) {
+        Ok(messages) => messages,
+        Err(error) => return error.reply(&peeked),
+    };
+    // The session: the client's, a new one for an `initialize`, or one for
+    // this exchange alone (stateless).
+    let mut issued = None;
+    let held = match session_header(headers) {
+        Some(id) => match proxy.bridged.get(&name, id) {
+            Some(session) => {
+                proxy.connections.touch_session(&name, id);
+                Held::Shared(session)
+            }
+            None => return unknown_session().reply(&peeked),
+        },
+        None => {
+            let upstream = match open_upstream(state, &name, &run).await {
+                Ok(upstream) => upstream,
+                Err(error) => return error.reply(&peeked),
+            };
+            if peeked.requests.iter().any(|r| r.method == "initialize") {
+                let id = new_session_id();
+                let session = proxy.bridged.insert(&id, &name, upstream, None);
+                proxy.connections.create_session(&name, &id, "stdio");
+                issued = Some(id);
+                Held::Shared(session)
+            } else {
+                Held::Own(upstream)
+            }
+        }
+    };
+    let session_id = issued.clone().or_else(|| session_header(headers).map(str::to_string));
+    let (sink, outbox) = held.upstream().channel();
+    let registration = proxy.connections.open(&name, "stdio", "POST", session_id.as_deref(), peer(connect));
+    registration.exchange.add_pending(&peeked.requests);
+    for message in messages {
+        if let Err(e) = held.upstream().send(message, &sink) {
+            let error = match held.upstream().child_gone() {
+                true => proxy.broken(&name, &run, &e.to_string()).await,
+                false => ProxyError::new(StatusCode::NOT_FOUND, ErrorCode(-32001), e.to_string(), None),
+            };
+            return error.reply(&peeked);
+        }
+    }
+    drop(sink);
+    if peeked.requests.is_empty() {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::ACCEPTED;
+        return response;
+    }
+    let stream = ClientStream::new(proxy.clone(), name, run, outbox, registration, held);
+    let stream = stream.answering(proxy.request_timeout);
+    let accepts_sse =
+        headers.get_all(header::ACCEPT).iter().any(|v| v.as_bytes().windows(17).any(|w| w == b"text/event-stream"));
+    if accepts_sse {
+        return sse_response(StatusCode::OK, issued.as_deref(), stream.into_body(None));
+    }
+    stream.into_json(peeked.batch, issued.as_deref()).await
+}
+
+fn sse_response(status: StatusCode, session: Option<&str>, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(session) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(SESSION_HEADER, session);
+    }
+    response
+}
+
+/// One stream of a session's messages to a client: a POST's answers, a GET
+/// stream, or a legacy stream.
+struct ClientStream {
+    proxy: Arc<Proxy>,
+    name: String,
+    run: Arc<Run>,
+    outbox: Outbox,
+    /// Lists the stream for the debug view; its exchange holds the requests
+    /// still waiting for an answer.
+    registration: Registration,
+    held: Held,
+    /// A POST's stream ends once every request is answered, or fails them
+    /// at this deadline.
+    answering: Option<Instant>,
+    finished: bool,
+}
+
+impl ClientStream {
+    fn new(
+        proxy: Arc<Proxy>,
+        name: String,
+        run: Arc<Run>,
+        outbox: Outbox,
+        registration: Registration,
+        held: Held,
+    ) -> ClientStream {
+        ClientStream { proxy, name, run, outbox, registration, held, answering: None, finished: false }
+    }
+
+    fn answering(self, timeout: std::time::Duration) -> ClientStream {
+        ClientStream { answering: Some(Instant::now() + timeout), ..self }
+    }
+
+    /// The next message for the client, marking the request it answers;
+    /// `Err` with the error for the requests still waiting once the child,
+    /// the session or the time is gone.
+    async fn next_message(&mut self) -> Result<Bytes, (ProxyError, Vec<jsonrpc::Request>)> {
+        let outcome = tokio::select! {
+            biased;
+            message = self.outbox.recv() => message.ok_or(None),
+            _ = self.held.upstream().closed() => Err(None),
+            _ = self.run.ended.cancelled() => Err(None),
+            _ = sleep_until(self.answering) => Err(Some(())),
+        };
+        match outcome {
+            Ok(message) => {
+                if let Some(id) = jsonrpc::response_id(&message) {
+                    self.registration.exchange.answered(&id);
+                }
+                Ok(message)
+            }
+            Err(timed_out) => {
+                self.finished = true;
+                let upstream = self.held.upstream();
+                let error = if timed_out.is_some() {
+                    self.proxy.timed_out(&self.name)
+                } else if upstream.child_gone() || self.run.ended.is_cancelled() {
+                    self.proxy.broken(&self.name, &self.run, "the child exited").await
+                } else {
+                    let reason = upstream.close_reason().unwrap_or_else(|| "the session ended".to_string());
+                    ProxyError::new(StatusCode::GONE, SERVER_ERROR, format!("session {reason}"), None)
+                };
+                Err((error, self.registration.exchange.take_pending()))
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.answering.is_some() && !self.registration.exchange.has_pending()
+    }
+
+    /// The stream as an SSE body: `first` (a legacy `endpoint` event), then
+    /// each message as a `message` event, with a keep-alive comment every
+    /// 15 s.
+    fn into_body(self, first: Option<Bytes>) -> Body {
+        let keep_alive = tokio::time::interval_at(Instant::now() + KEEP_ALIVE_EVERY, KEEP_ALIVE_EVERY);
+        let stream = futures::stream::unfold((self, keep_alive, first), |(mut st, mut keep_alive, first)| async move {
+            if let Some(first) = first {
+                return Some((Ok::<Bytes, Infallible>(first), (st, keep_alive, None)));
+            }
+            if st.finished || st.done() {
+                return None;
+            }
+            let next = tokio::select! {
+                next = st.next_message() => Some(next),
+                _ = keep_alive.tick() => None,
+            };
+            let bytes = match next {
+                None => KEEP_ALIVE,
+                Some(Ok(message)) => event(&message),
+                Some(Err((_, pending))) if pending.is_empty() => return None,
+                Some(Err((error, pending))) => error.sse_events(&pending),
+            };
+            Some((Ok(bytes), (st, keep_alive, None)))
+        });
+        Body::from_stream(stream)
+    }
+
+    /// Waits for every answer and sends them as one JSON body (an array for
+    /// a batch). Messages that are not answers go to the session's stream.
+    async fn into_json(mut self, batch: bool, session: Option<&str>) -> Response {
+        let mut answers = Vec::new();
+        let mut status = StatusCode::OK;
+        while !self.done() {
+            match self.next_message().await {
+                Ok(message) if kind_of(&message) == Some(Kind::Response) => answers.push(message),
+                Ok(message) => self.held.upstream().redeliver(message),
+                Err((error, pending)) => {
+                    for request in pending {
+                        answers.push(jsonrpc::reply(&Peeked { requests: vec![request], batch: false }, &error.error));
+                    }
+                    status = error.http;
+                    break;
+                }
+            }
+        }
+        let mut body = BytesMut::new();
+        if batch {
+            body.extend_from_slice(b"[");
+        }
+        for (i, answer) in answers.iter().enumerate() {
+            if i > 0 {
+                body.extend_from_slice(b",");
+            }
+            body.extend_from_slice(answer);
+            if !batch {
+                break;
+            }
+        }
+        if batch {
+            body.extend_from_slice(b"]");
+        }
+        let mut response = Response::new(Body::from(body.freeze()));
+        *response.status_mut() = status;
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(session) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+            response.headers_mut().insert(SESSION_HEADER, session);
+        }
+        response
+    }
+}
+
+fn kind_of(message: &[u8]) -> Option<Kind> {
+    kind(&serde_json::from_slice(message).ok()?)
+}
+
+fn event(message: &[u8]) -> Bytes {
+    Frame::new(&String::from_utf8_lossy(message)).event("message").encode()
+}
+
+/// `GET /workspaces/{name}/sse` for a `stdio` child: a session whose one
+/// stream carries every message, announced by an `endpoint` event.
+pub async fn legacy_sse(
+    state: &Arc<AppState>,
+    name: String,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Response {
+    let none = Peeked::default();
+    let run = match route(state, &name).await {
+        Ok(run) => run,
+        Err(error) => return error.reply(&none),
+    };
+    let upstream = match open_upstream(state, &name, &run).await {
+        Ok(upstream) => upstream,
+        Err(error) => return error.reply(&none),
+    };
+    let (sink, outbox) = upstream.channel();
+    upstream.standby(&sink);
+    let id = new_session_id();
+    let registration = state.proxy.connections.open(&name, "sse", "sse", Some(&id), peer(connect));
+    let session = state.proxy.bridged.insert(&id, &name, upstream, Some((sink, registration.exchange.clone())));
+    state.proxy.connections.create_session(&name, &id, "sse");
+    let endpoint = format!("/workspaces/{name}/messages?session_id={id}");
+    let first = Frame::new(&endpoint).event("endpoint").encode();
+    let guard = LegacyGuard { proxy: state.proxy.clone(), name: name.clone(), id };
+    let stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::Shared(session));
+    sse_response(
+        StatusCode::OK,
+        None,
+        Body::new(crate::http::holding::Holding::new(stream.into_body(Some(first)), guard)),
+    )
+}
+
+/// Ends a legacy session when its stream goes away.
+struct LegacyGuard {
+    proxy: Arc<Proxy>,
+    name: String,
+    id: String,
+}
+
+impl Drop for LegacyGuard {
+    fn drop(&mut self) {
+        self.proxy.bridged.remove(&self.id);
+        self.proxy.connections.end_session(&self.name, &self.id);
+    }
+}
+
+/// `POST /workspaces/{name}/messages?session_id=...` for a `stdio` child:
+/// the client's messages, answered on the session's stream.
+pub async fn legacy_message(state: &Arc<AppState>, name: String, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = match body::read(&parts.headers, body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let peeked = jsonrpc::peek(&bytes).unwrap_or_default();
+    let run = match route(state, &name).await {
+        Ok(run) => run,
+        Err(error) => return error.reply(&peeked),
+    };
+    let id = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("session_id=")));
+    let Some(session) = id.and_then(|id| state.proxy.bridged.get(&name, id)) else {
+        return unknown_session().reply(&peeked);
+    };
+    let Some((sink, exchange)) = &session.legacy else { return unknown_session().reply(&peeked) };
+    let messages = match messages(&bytes) {
+        Ok(messages) => messages,
+        Err(error) => return error.reply(&peeked),
+    };
+    if let Some(id) = id {
+        state.proxy.connections.touch_session(&name, id);
+    }
+    // Listed before sending: the answer may reach the stream before the 202.
+    exchange.add_pending(&peeked.requests);
+    for message in messages {
+        if let Err(e) = session.upstream.send(message, sink) {
+            for request in &peeked.requests {
+                exchange.answered(&request.id);
+            }
+            return state.proxy.broken(&name, &run, &e.to_string()).await.reply(&peeked);
+        }
+    }
+    let mut response = Response::new(Body::from("Accepted"));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response
+}
