@@ -8,7 +8,9 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod demo_server;
+pub mod doctor;
 mod fsutil;
+pub mod history;
 pub mod http;
 pub mod lock;
 pub mod metrics;
@@ -60,6 +62,10 @@ pub struct ServeConfig {
     pub proxy_timeout: Duration,
     /// Timeouts and the connection limit of the HTTP server.
     pub http: http::ServerLimits,
+    /// `--max-workspaces`: at most this many workspaces run; more are errors.
+    pub max_workspaces: Option<usize>,
+    /// `--max-memory-mb`: the most RSS all trees may use together, in MiB.
+    pub max_memory_mb: Option<u64>,
 }
 
 impl ServeConfig {
@@ -77,6 +83,8 @@ impl ServeConfig {
             event_ring: DEFAULT_RING_CAPACITY,
             proxy_timeout: http::proxy::DEFAULT_REQUEST_TIMEOUT,
             http: http::ServerLimits::default(),
+            max_workspaces: None,
+            max_memory_mb: None,
         }
     }
 }
@@ -178,10 +186,12 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     });
     let spawner = process::spawner::Spawner::start(tokio::runtime::Handle::current());
     let launcher = Arc::new(LocalLauncher::new(spawner, reaper.clone(), cgroups.clone()));
-    let runtime = process::runtime::RuntimeFile::new(&state_dir, cgroup_roots);
+    let state_files = Arc::new(tokio::sync::Notify::new());
+    let runtime = process::runtime::RuntimeFile::new(&state_dir, cgroup_roots, state_files.clone());
+    let (history, history_writer) = history::History::new(&state_dir.join("history"));
     let ctx = Arc::new(SupervisorContext {
         launcher: launcher.clone(),
-        ports: PortAllocator::load(&state_dir, config.port_range.clone()),
+        ports: PortAllocator::load(&state_dir, config.port_range.clone(), state_files.clone()),
         bus: bus.clone(),
         launch: LaunchContext {
             workspaces_dir: workspaces_dir.clone(),
@@ -192,6 +202,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         runtime: runtime.clone(),
         metrics,
         hubs: Arc::default(),
+        history,
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),
@@ -202,6 +213,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     };
     let registry = Arc::new(Registry::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let (file_requests, file_requests_receiver) = mpsc::channel(64);
+    let writer =
+        Arc::new(supervisor::writes::ConfigWriter::new(workspaces_dir.clone(), file_requests, ctx.history.clone()));
     let tracker = TaskTracker::new();
     let actors_cancel = CancellationToken::new();
 
@@ -215,6 +229,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         listen_host: config.listen.ip().to_string(),
         shutdown: shutdown.clone(),
         proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
+        writer,
+        limits: http::DaemonLimits { max_workspaces: config.max_workspaces, max_memory_mb: config.max_memory_mb },
     });
     let server = tokio::spawn(http::serve(listener, http::router(app), config.http.clone(), shutdown.clone()));
     tracing::info!(%addr, workspaces = %workspaces_dir.display(), state = %state_dir.display(), "serving");
@@ -230,6 +246,16 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
             None
         }
     };
+    if let Some(limit_mb) = config.max_memory_mb {
+        let enforce = supervisor::memory::enforce(
+            limit_mb,
+            resources.clone(),
+            registry.clone(),
+            config.sample_every,
+            actors_cancel.clone(),
+        );
+        tracker.spawn(enforce);
+    }
     let manager = Manager::new(
         ctx.clone(),
         registry,
@@ -240,7 +266,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         config.rescan_every,
         watcher,
         changes_tx,
-    );
+    )
+    .with_requests(file_requests_receiver)
+    .with_max_workspaces(config.max_workspaces);
     let manager = tracker.spawn(manager.run(changes));
     tracker.spawn(resources::run_sampler(
         launcher.census(),
@@ -250,6 +278,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         actors_cancel.clone(),
     ));
     tracker.spawn(reaper.clone().run(actors_cancel.clone()));
+    tracker.spawn(retry_state_files(ctx.clone(), state_files, actors_cancel.clone()));
+    tracker.spawn(history_writer.run(actors_cancel.clone()));
 
     let done = tokio::spawn(async move {
         shutdown.cancelled().await;
@@ -276,4 +306,30 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         tracing::info!("stopped");
     });
     Ok(Running { addr, done })
+}
+
+/// How often a state file whose write failed is written again.
+const STATE_FILE_RETRY: Duration = Duration::from_secs(1);
+
+/// Rewrites `ports.json` and `runtime.json` after a failed write (a full
+/// disk) until both are current again; sleeps while they are.
+async fn retry_state_files(ctx: Arc<SupervisorContext>, failed: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = failed.notified() => {}
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(STATE_FILE_RETRY) => {}
+            }
+            let ctx = ctx.clone();
+            let current = tokio::task::spawn_blocking(move || ctx.ports.flush() & ctx.runtime.flush()).await;
+            if current.unwrap_or(false) {
+                tracing::info!("state files written again");
+                break;
+            }
+        }
+    }
 }

@@ -14,12 +14,23 @@ fn main() {
             mcpvisor::process::guard::run(&state);
             0
         }
-        CliCommand::Serve { workspaces, state, listen, port_range, token, log_format } => {
+        CliCommand::Serve {
+            workspaces,
+            state,
+            listen,
+            port_range,
+            token,
+            log_format,
+            max_workspaces,
+            max_memory_mb,
+        } => {
             init_tracing(log_format);
             let mut config = mcpvisor::ServeConfig::new(workspaces, state);
             config.listen = listen;
             config.port_range = port_range.0..=port_range.1;
             config.token = token;
+            config.max_workspaces = max_workspaces.map(|n| n as usize);
+            config.max_memory_mb = max_memory_mb;
             runtime(true).block_on(serve(config))
         }
         client => runtime(true).block_on(run_client(client)),
@@ -92,6 +103,13 @@ async fn run_client(command: CliCommand) -> i32 {
         CliCommand::Start { workspace, url, json } => cli::command(&url, &workspace, "start", json).await,
         CliCommand::Stop { workspace, url, json } => cli::command(&url, &workspace, "stop", json).await,
         CliCommand::Restart { workspace, url, json } => cli::command(&url, &workspace, "restart", json).await,
+        CliCommand::Apply { file, name, url } => cli::apply(&url, &file, name.as_deref()).await,
+        CliCommand::Edit { workspace, url } => cli::edit(&url, &workspace).await,
+        CliCommand::Rm { workspace, url } => cli::rm(&url, &workspace).await,
+        CliCommand::History { workspace, url } => cli::history(&url, &workspace).await,
+        CliCommand::Diff { workspace, rev, url } => cli::diff(&url, &workspace, rev.as_deref()).await,
+        CliCommand::Rollback { workspace, rev, url } => cli::rollback(&url, &workspace, rev.as_deref()).await,
+        CliCommand::Doctor { url, json } => cli::doctor(&url, json).await,
         _ => unreachable!("handled in main"),
     };
     match result {

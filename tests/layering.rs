@@ -28,6 +28,10 @@ enum Rule {
 /// - `bridge` (the stdio bridge) multiplexes `process/` pipes; it knows
 ///   nothing of who supervises the child or who serves its sessions.
 /// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
+/// - `history` (the git-backed config history) knows only `state/` (for
+///   timestamps): it stores bytes and never applies anything.
+/// - `doctor` (the system check) holds beliefs against `/proc` and files; it
+///   is handed the beliefs and knows nothing of who holds them.
 const RULES: &[(&str, Rule)] = &[
     ("process", Rule::Forbid(&["supervisor", "http", "bridge"])),
     ("bridge", Rule::Forbid(&["supervisor", "http"])),
@@ -37,6 +41,8 @@ const RULES: &[(&str, Rule)] = &[
     ("resources", Rule::Only(&["state", "process"])),
     ("lock", Rule::Only(&[])),
     ("sse", Rule::Only(&[])),
+    ("history", Rule::Only(&["state"])),
+    ("doctor", Rule::Forbid(&["supervisor", "http"])),
 ];
 
 /// The top-level modules a line of Rust reaches through `crate::` paths,

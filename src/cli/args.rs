@@ -41,6 +41,12 @@ pub enum CliCommand {
         token: Option<String>,
         #[arg(long, env = "MCPVISOR_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Run at most N workspaces; one beyond shows as `error` until there is room.
+        #[arg(long, env = "MCPVISOR_MAX_WORKSPACES", value_parser = clap::value_parser!(u32).range(1..))]
+        max_workspaces: Option<u32>,
+        /// The most RSS (MiB) all child trees may use together; above it the largest restarts.
+        #[arg(long, env = "MCPVISOR_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
+        max_memory_mb: Option<u64>,
     },
     /// Check workspace files (or folders of them); exit 1 if any is invalid.
     Validate {
@@ -97,6 +103,54 @@ pub enum CliCommand {
         #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
         url: String,
         /// Print the WorkspaceStatus as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or replace a workspace from FILE; waits until it runs or was rolled back.
+    Apply {
+        file: PathBuf,
+        /// The workspace name; default: the file's stem.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
+    /// Edit a workspace file in $VISUAL or $EDITOR, then apply it.
+    Edit {
+        workspace: String,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
+    /// Stop a workspace, remove its file and release its port.
+    Rm {
+        workspace: String,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
+    /// List a workspace's config history, newest first.
+    History {
+        workspace: String,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
+    /// Show what changed from a revision (default: the newest) to the file now.
+    Diff {
+        workspace: String,
+        rev: Option<String>,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
+    /// Apply an earlier revision (default: the previous applied config).
+    Rollback {
+        workspace: String,
+        rev: Option<String>,
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
+    },
+    /// Check the daemon's state against the system; exit 1 on any error.
+    Doctor {
+        #[arg(long, env = "MCPVISOR_URL", default_value = "http://127.0.0.1:7700")]
+        url: String,
         #[arg(long)]
         json: bool,
     },

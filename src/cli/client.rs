@@ -34,11 +34,29 @@ struct ApiErrorBody {
 /// The daemon cannot be reached, or it answered with an error, whose message
 /// the error carries.
 pub async fn send(method: Method, base: &str, url: &str) -> Result<Response, ClientError> {
-    let response = client()
-        .request(method, url)
-        .send()
-        .await
-        .map_err(|e| ClientError::Unreachable { url: base.to_string(), message: e.to_string() })?;
+    send_with(method, base, url, None, None).await
+}
+
+/// [`send`] with a JSON `body` and an `If-Match` version.
+///
+/// # Errors
+/// As [`send`].
+pub async fn send_with(
+    method: Method,
+    base: &str,
+    url: &str,
+    body: Option<Vec<u8>>,
+    if_match: Option<&str>,
+) -> Result<Response, ClientError> {
+    let mut request = client().request(method, url);
+    if let Some(body) = body {
+        request = request.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+    }
+    if let Some(version) = if_match {
+        request = request.header(reqwest::header::IF_MATCH, format!("\"{version}\""));
+    }
+    let response =
+        request.send().await.map_err(|e| ClientError::Unreachable { url: base.to_string(), message: e.to_string() })?;
     let status = response.status();
     if status.is_success() {
         return Ok(response);

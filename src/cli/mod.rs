@@ -5,6 +5,8 @@
 mod args;
 mod client;
 mod commands;
+mod config;
+mod doctor;
 mod logs;
 mod status;
 mod validate;
@@ -12,6 +14,8 @@ mod watch;
 
 pub use args::{Cli, CliCommand, DemoTransport, LogFormat};
 pub use commands::command;
+pub use config::{apply, diff, edit, history, rm, rollback};
+pub use doctor::doctor;
 pub use logs::logs;
 pub use status::status;
 pub use validate::validate;
@@ -37,13 +41,16 @@ pub enum ClientError {
     BadAnswer { url: String, message: String },
     #[error("{0}")]
     Api(String),
+    /// `doctor` found issues of severity `error` (it printed them).
+    #[error("{0} error(s) found")]
+    Issues(usize),
 }
 
 impl ClientError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::Unreachable { .. } | ClientError::BadAnswer { .. } => exit::UNREACHABLE,
-            ClientError::Api(_) => exit::INVALID,
+            ClientError::Api(_) | ClientError::Issues(_) => exit::INVALID,
         }
     }
 }

@@ -21,11 +21,11 @@ mod watcher;
 pub use schema::{schema_text, workspace_schema, SCHEMA_FILE};
 pub use template::{expand, TemplateError, TemplateVars};
 pub use types::{
-    BreakerConfig, HealthConfig, Limits, RestartConfig, RestartPolicy, StdioConfig, StdioShare, StopConfig, StopSignal,
-    Transport, WorkspaceConfig,
+    BreakerConfig, HealthConfig, LifecycleConfig, Limits, RestartConfig, RestartPolicy, StartMode, StdioConfig,
+    StdioShare, StopConfig, StopSignal, Transport, WorkspaceConfig,
 };
 pub use validate::{
-    escape_controls, is_valid_name, is_workspace_file, load_dir, load_file, name_of, parse, read_file, scan_dir,
-    ConfigError, FileError, LoadedFile, ReadError, Scan, MAX_FILE_BYTES,
+    escape_controls, is_valid_name, is_workspace_file, judge_bytes, load_dir, load_file, name_of, parse, read_file,
+    scan_dir, ConfigError, FileError, LoadedFile, ReadError, Scan, MAX_FILE_BYTES,
 };
 pub use watcher::{ConfigWatcher, DEBOUNCE};

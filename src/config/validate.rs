@@ -118,6 +118,8 @@ pub struct LoadedFile {
     pub version: Option<String>,
     /// The file's modification time, when known.
     pub modified: Option<std::time::SystemTime>,
+    /// The bytes as read, for the config history (empty when unread).
+    pub text: Arc<[u8]>,
 }
 
 /// What one scan of the workspaces folder found, sorted by name.
@@ -213,6 +215,7 @@ pub fn load_file(path: &Path) -> LoadedFile {
         config: Err(FileError { file: path.to_path_buf(), errors: vec![ConfigError { at: String::new(), message }] }),
         version: None,
         modified: None,
+        text: Arc::from(&[][..]),
     };
     match read_file(path) {
         Ok(Some(file)) => file,
@@ -231,6 +234,13 @@ pub fn load_dir(dir: &Path) -> std::io::Result<Vec<LoadedFile>> {
     files.extend(scan.unreadable.iter().map(|error| load_file(&error.path)));
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(files)
+}
+
+/// Validates `text` as the content of the workspace file at `path` (its
+/// name, its size, its content) without reading or writing the file: what
+/// an API write checks before it writes.
+pub fn judge_bytes(path: &Path, text: &[u8]) -> LoadedFile {
+    judge(path, text, None)
 }
 
 /// Validates the bytes of the file at `path`: its name, its size, its content.
@@ -259,7 +269,7 @@ fn judge(path: &Path, text: &[u8], modified: Option<std::time::SystemTime>) -> L
         }
     };
     let config = config.map_err(|errors| FileError { file: path.to_path_buf(), errors });
-    LoadedFile { name, path: path.to_path_buf(), config, version, modified }
+    LoadedFile { name, path: path.to_path_buf(), config, version, modified, text: Arc::from(text) }
 }
 
 /// At most this many errors are reported for one file.

@@ -110,6 +110,11 @@ fn render(state: &AppState, component: &str, page: Page) -> Option<Value> {
                 "limits": records.map(|r| (r.status.workspace.clone(), json!(r.limits))).collect::<serde_json::Map<_, _>>(),
                 "children": sample.children,
                 "totals": sample.totals,
+                "daemonLimits": {
+                    "maxWorkspaces": state.limits.max_workspaces,
+                    "maxMemoryMb": state.limits.max_memory_mb,
+                    "overMemory": state.limits.max_memory_mb.is_some_and(|mb| sample.totals.rss_bytes > mb << 20),
+                },
                 "sampledAt": sample.sampled_at,
             })
         }

@@ -6,6 +6,7 @@
 //! child.
 
 mod api;
+mod config_api;
 mod dashboard;
 mod debug;
 pub(crate) mod error;
@@ -18,7 +19,7 @@ pub(crate) mod sse;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use api::WorkspaceList;
@@ -26,7 +27,7 @@ pub use error::ApiError;
 pub use server::{serve, ServerLimits};
 pub use sse::Subscribers;
 
-use crate::resources::ResourceView;
+use crate::state::ResourceView;
 use crate::supervisor::{Registry, SupervisorContext};
 
 /// What handlers share.
@@ -45,6 +46,18 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The MCP reverse proxy (docs/reference.md §8).
     pub proxy: Arc<proxy::Proxy>,
+    /// Writes workspace files for the API (docs/reference.md §10).
+    pub writer: Arc<crate::supervisor::writes::ConfigWriter>,
+    /// `serve --max-workspaces` and `--max-memory-mb`, for the debug view.
+    pub limits: DaemonLimits,
+}
+
+/// The daemon-wide limits of `serve` (docs/reference.md §10).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonLimits {
+    pub max_workspaces: Option<usize>,
+    pub max_memory_mb: Option<u64>,
 }
 
 /// Builds the router over `state`; tests drive it with `oneshot`. Every
@@ -59,8 +72,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/workspaces/{name}/logs", get(api::logs))
         .route("/api/workspaces/{name}/events", get(sse::workspace_events))
         .route("/api/workspaces/{name}/{action}", post(api::command))
+        .route(
+            "/api/workspaces/{name}/config",
+            put(config_api::put).get(config_api::get).patch(config_api::patch).delete(config_api::delete),
+        )
+        .route("/api/workspaces/{name}/history", get(config_api::history))
+        .route("/api/workspaces/{name}/history/{rev}", get(config_api::revision))
+        .route("/api/workspaces/{name}/rollback", post(config_api::rollback))
         .route("/api/events", get(sse::all_events))
         .route("/api/debug/state", get(debug::all))
+        .route("/api/debug/validate", get(config_api::validate))
         .route("/api/debug/state/{component}", get(debug::component))
         .route("/metrics", get(api::metrics))
         .route("/workspaces/{name}/mcp", post(proxy::mcp).get(proxy::mcp).delete(proxy::mcp))

@@ -235,6 +235,7 @@ mod tests {
             status: WorkspaceStatus {
                 workspace: name.into(),
                 status,
+                reason: None,
                 health: Health::Unknown,
                 enabled: true,
                 pid: None,
@@ -253,6 +254,8 @@ mod tests {
                 config_version: None,
                 resources: None,
                 stdio: None,
+                applied_version: None,
+                file_version: None,
             },
             pgid: None,
             desired_config_version: None,
@@ -260,6 +263,7 @@ mod tests {
             pending: None,
             errors: vec![],
             limits: Default::default(),
+            hold_for: None,
         }
     }
 

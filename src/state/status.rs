@@ -141,6 +141,10 @@ pub struct ErrorRecord {
 pub struct WorkspaceStatus {
     pub workspace: String,
     pub status: Status,
+    /// Why the workspace is in its status: the reason of its last transition
+    /// (`ready`, `stop`, `on-demand`, `idle`, `exited`, ...).
+    #[serde(default)]
+    pub reason: Option<String>,
     pub health: Health,
     pub enabled: bool,
     pub pid: Option<u32>,
@@ -164,6 +168,13 @@ pub struct WorkspaceStatus {
     pub config_error: Option<FileError>,
     pub config_version: Option<String>,
     pub resources: Option<Resources>,
+    /// The version of the last config that was applied: its child reached
+    /// `running`, or it needed none (docs/reference.md §10).
+    #[serde(default)]
+    pub applied_version: Option<String>,
+    /// The version of the workspace file as last read, applied or not.
+    #[serde(default)]
+    pub file_version: Option<String>,
     /// A `stdio` workspace's client sessions (docs/reference.md §9); absent
     /// for other transports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,6 +209,11 @@ pub struct WorkspaceRecord {
     pub errors: Vec<ErrorRecord>,
     /// The limits of the config in force.
     pub limits: crate::config::Limits,
+    /// How long a proxied request to the stopped or starting workspace waits
+    /// for its child (its `startupTimeout`), when a request starts it
+    /// (docs/reference.md §11); `None` answers such a request at once.
+    #[serde(skip)]
+    pub hold_for: Option<std::time::Duration>,
 }
 
 impl WorkspaceRecord {

@@ -12,21 +12,25 @@
 //! child running; the daemon is not ready, and says why in the watch error,
 //! until the folder is back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::ErrorKind;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::actor::state::Verdict;
 use super::actor::{self, Command};
 use super::{ActorEntry, Registry, SupervisorContext};
-use crate::config::{is_valid_name, name_of, scan_dir, FileError, LoadedFile, ReadError, Scan, DEBOUNCE};
+use crate::config::{
+    is_valid_name, name_of, read_file, scan_dir, ConfigError, FileError, LoadedFile, ReadError, Scan, DEBOUNCE,
+};
+use crate::history::{Outcome, Source};
 use crate::process::LogSink;
 
 /// What the manager last handed to an actor, to diff against.
@@ -34,6 +38,25 @@ use crate::process::LogSink;
 struct Applied {
     version: Option<String>,
     error: Option<FileError>,
+}
+
+/// What the API asks of the manager about one workspace file
+/// (docs/reference.md §10). The manager handles these in its own task, in
+/// order with its scans, so a scan never acts on a file the API is in the
+/// middle of writing.
+#[derive(Debug)]
+pub enum FileRequest {
+    /// The API is about to write `name`'s file: scans leave it alone until
+    /// [`FileRequest::End`].
+    Begin { name: String },
+    /// `name`'s file was written or removed: reconcile it now. With a
+    /// `source`, its config goes to the history, to be committed with its
+    /// verdict. `reply` hears the verdict; for a removed file,
+    /// [`Verdict::Applied`] once its tree is gone and its port released. It
+    /// is dropped when the file was superseded or cannot be applied.
+    Written { name: String, source: Option<Source>, reply: Option<oneshot::Sender<Verdict>> },
+    /// The API is done with `name`'s file.
+    End { name: String },
 }
 
 /// Owns the set of actors; runs as one task.
@@ -53,6 +76,14 @@ pub struct Manager {
     /// What was last said about the folder and its files, so each is said once
     /// per change; see [`Reported`].
     reported: Reported,
+    /// Requests of the API, taken by [`Manager::run`].
+    requests: Option<mpsc::Receiver<FileRequest>>,
+    /// Files the API is writing: scans leave them alone.
+    held: HashSet<String>,
+    /// `serve --max-workspaces`: at most this many workspaces run.
+    max_workspaces: Option<usize>,
+    /// Workspaces beyond `max_workspaces`, shown as errors until there is room.
+    over_limit: BTreeSet<String>,
 }
 
 /// What the manager last logged about files it could not take, to log each
@@ -92,7 +123,23 @@ impl Manager {
             applied: HashMap::new(),
             removing: HashMap::new(),
             reported: Reported::default(),
+            requests: None,
+            held: HashSet::new(),
+            max_workspaces: None,
+            over_limit: BTreeSet::new(),
         }
+    }
+
+    /// Takes the API's file requests from `requests` (docs/reference.md §10).
+    pub(crate) fn with_requests(mut self, requests: mpsc::Receiver<FileRequest>) -> Manager {
+        self.requests = Some(requests);
+        self
+    }
+
+    /// Runs at most `max` workspaces; one beyond it shows as an error.
+    pub(crate) fn with_max_workspaces(mut self, max: Option<usize>) -> Manager {
+        self.max_workspaces = max;
+        self
     }
 
     /// Loads every file, marks the daemon ready, then reconciles on each
@@ -109,9 +156,7 @@ impl Manager {
                 .map(|f| f.name.clone())
                 .chain(scan.unreadable.iter().map(|e| name_of(&e.path)))
                 .collect();
-            if let Err(e) = self.ctx.ports.retain(&|n| names.iter().any(|m| m == n)) {
-                tracing::warn!("{e}");
-            }
+            self.ctx.ports.retain(&|n| names.iter().any(|m| m == n));
         }
         let loaded = scan.is_some();
         self.reconcile(scan.unwrap_or_default(), false).await;
@@ -123,9 +168,20 @@ impl Manager {
         );
         let mut rescan = tokio::time::interval(self.rescan_every);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut requests = self.requests.take();
         loop {
+            let request = async {
+                match requests.as_mut() {
+                    Some(requests) => requests.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
+                Some(request) = request => {
+                    self.request(request).await;
+                    continue;
+                }
                 Some(()) = changes.recv() => {}
                 _ = rescan.tick() => {}
             }
@@ -147,6 +203,43 @@ impl Manager {
         }
         for (_, removal) in self.removing.drain() {
             let _ = removal.await;
+        }
+    }
+
+    /// Handles one request of the API.
+    async fn request(&mut self, request: FileRequest) {
+        match request {
+            FileRequest::Begin { name } => {
+                self.held.insert(name);
+            }
+            FileRequest::End { name } => {
+                self.held.remove(&name);
+            }
+            FileRequest::Written { name, source, reply } => {
+                let path = self.workspaces_dir.join(format!("{name}.json"));
+                match read_file(&path) {
+                    Ok(Some(file)) => {
+                        let version = file.version.clone();
+                        let limit = self.limit_error(&file);
+                        let entry = self.take_file(file, source).await;
+                        let Some(reply) = reply else { return };
+                        if self.over_limit.contains(&name) {
+                            // Refused, not pending: the writer undoes the write.
+                            let message = limit.errors.into_iter().map(|e| e.message).collect();
+                            let _ = reply.send(Verdict::Failed { message });
+                        } else if let (Some(entry), Some(version)) = (entry, version) {
+                            let _ = entry.handle.send(Command::AwaitVerdict { version, reply });
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) if e.source.kind() == ErrorKind::NotFound => {
+                        self.applied.remove(&name);
+                        self.over_limit.remove(&name);
+                        self.remove(&name, reply);
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
         }
     }
 
@@ -253,69 +346,139 @@ impl Manager {
         let unreadable = scan.unreadable.iter().map(|e| name_of(&e.path));
 
         let present: Vec<String> = good.iter().map(|f| f.name.clone()).chain(unreadable).collect();
-        let gone: Vec<String> = self.applied.keys().filter(|n| !present.contains(n)).cloned().collect();
+        let gone: Vec<String> =
+            self.applied.keys().filter(|n| !present.contains(n) && !self.held.contains(*n)).cloned().collect();
         for name in gone {
             self.applied.remove(&name);
-            if let Some(entry) = self.registry.remove(&name) {
-                tracing::info!(workspace = %name, "workspace file removed; stopping");
-                let ctx = self.ctx.clone();
-                self.removing.insert(
-                    name.clone(),
-                    tokio::spawn(async move {
-                        entry.handle.remove().await;
-                        // The tree is gone: only now may the port go to someone else.
-                        if let Err(e) = ctx.ports.release(&name) {
-                            tracing::warn!("{e}");
-                        }
-                    }),
-                );
-            }
+            self.over_limit.remove(&name);
+            self.remove(&name, None);
         }
 
         for file in good {
-            let next = Applied { version: file.version.clone(), error: file.config.as_ref().err().cloned() };
-            match self.applied.get(&file.name) {
-                Some(applied) if *applied == next => continue,
-                _ if settle && fresh(&file) => {
-                    unsettled = true;
-                    continue;
-                }
-                Some(_) => {
-                    let command = match file.config {
-                        Ok(config) => Command::Apply { config, version: file.version.unwrap_or_default() },
-                        Err(error) => Command::Invalid(error),
-                    };
-                    if let Some(entry) = self.registry.get(&file.name) {
-                        if let Err(e) = entry.handle.send(command) {
-                            tracing::warn!(workspace = %file.name, "{e}");
-                            continue;
-                        }
-                    }
-                }
-                None => {
-                    if let Some(removal) = self.removing.remove(&file.name) {
-                        // The same name came back while its old tree was stopping.
-                        let _ = removal.await;
-                    }
-                    if let Err(error) = &file.config {
-                        tracing::warn!("invalid workspace file:\n{error}");
-                    }
-                    let logs = LogSink::open(&self.ctx.launch.logs_dir(), &file.name);
-                    let config = file.config.map(|c| (c, file.version.unwrap_or_default()));
-                    let handle = actor::spawn(
-                        file.name.clone(),
-                        config,
-                        logs.clone(),
-                        self.ctx.clone(),
-                        self.cancel.child_token(),
-                        &self.tracker,
-                    );
-                    self.registry.insert(&file.name, ActorEntry { handle, logs });
-                }
+            if self.held.contains(&file.name) {
+                continue;
             }
-            self.applied.insert(file.name, next);
+            if settle && fresh(&file) && self.applied.get(&file.name) != Some(&Applied::of(&file)) {
+                unsettled = true;
+                continue;
+            }
+            self.take_file(file, Some(Source::File)).await;
         }
         self.removing.retain(|_, removal| !removal.is_finished());
         unsettled
+    }
+
+    /// Stops the actor of a removed workspace; its port is released once
+    /// its tree is gone, and then `reply` hears [`Verdict::Applied`].
+    fn remove(&mut self, name: &str, reply: Option<oneshot::Sender<Verdict>>) {
+        let Some(entry) = self.registry.remove(name) else {
+            if let Some(reply) = reply {
+                let _ = reply.send(Verdict::Applied);
+            }
+            return;
+        };
+        tracing::info!(workspace = %name, "workspace file removed; stopping");
+        let ctx = self.ctx.clone();
+        let name = name.to_string();
+        self.removing.insert(
+            name.clone(),
+            tokio::spawn(async move {
+                entry.handle.remove().await;
+                // The tree is gone: only now may the port go to someone else.
+                ctx.ports.release(&name);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Verdict::Applied);
+                }
+            }),
+        );
+    }
+
+    /// Hands one file to its actor: a new actor, a new config or its errors;
+    /// nothing when it is what the actor has. With a `source`, the change
+    /// goes to the history. Returns the actor, if there is one.
+    async fn take_file(&mut self, file: LoadedFile, source: Option<Source>) -> Option<ActorEntry> {
+        let next = Applied::of(&file);
+        let over_limit = self.over_limit.contains(&file.name);
+        match self.applied.get(&file.name) {
+            Some(applied) if *applied == next && !over_limit => return self.registry.get(&file.name),
+            Some(_) if over_limit && self.at_limit() => return self.registry.get(&file.name),
+            Some(_) => {
+                self.over_limit.remove(&file.name);
+                self.record(&file, source);
+                let command = match file.config {
+                    Ok(config) => Command::Apply { config, version: file.version.unwrap_or_default() },
+                    Err(error) => Command::Invalid(error),
+                };
+                let entry = self.registry.get(&file.name)?;
+                if let Err(e) = entry.handle.send(command) {
+                    tracing::warn!(workspace = %file.name, "{e}");
+                    return None;
+                }
+                self.applied.insert(file.name, next);
+                Some(entry)
+            }
+            None => {
+                if let Some(removal) = self.removing.remove(&file.name) {
+                    // The same name came back while its old tree was stopping.
+                    let _ = removal.await;
+                }
+                if let Err(error) = &file.config {
+                    tracing::warn!("invalid workspace file:\n{error}");
+                }
+                let config = if self.at_limit() {
+                    self.over_limit.insert(file.name.clone());
+                    Err(self.limit_error(&file))
+                } else {
+                    self.record(&file, source);
+                    file.config.map(|c| (c, file.version.clone().unwrap_or_default()))
+                };
+                let logs = LogSink::open(&self.ctx.launch.logs_dir(), &file.name);
+                let handle = actor::spawn(
+                    file.name.clone(),
+                    config,
+                    logs.clone(),
+                    self.ctx.clone(),
+                    self.cancel.child_token(),
+                    &self.tracker,
+                );
+                let entry = ActorEntry { handle, logs };
+                self.registry.insert(&file.name, entry.clone());
+                self.applied.insert(file.name, next);
+                Some(entry)
+            }
+        }
+    }
+
+    /// Puts a changed file into the history: staged until its verdict, or
+    /// committed at once when invalid.
+    fn record(&self, file: &LoadedFile, source: Option<Source>) {
+        let Some(source) = source else { return };
+        let history = &self.ctx.history;
+        match &file.version {
+            Some(version) => history.stage(&file.name, version, file.text.clone(), source),
+            None => history.record(&file.name, None, file.text.clone(), source, Outcome::Invalid),
+        }
+    }
+
+    /// Whether `--max-workspaces` workspaces run already.
+    fn at_limit(&self) -> bool {
+        let running = self.applied.len() - self.over_limit.len();
+        self.max_workspaces.is_some_and(|max| running >= max)
+    }
+
+    /// The error a workspace beyond `--max-workspaces` shows.
+    fn limit_error(&self, file: &LoadedFile) -> FileError {
+        let max = self.max_workspaces.unwrap_or_default();
+        let message = format!(
+            "workspace limit reached: this daemon runs at most {max} workspaces (serve --max-workspaces); \
+             this one starts when another is removed"
+        );
+        FileError { file: file.path.clone(), errors: vec![ConfigError { at: String::new(), message }] }
+    }
+}
+
+impl Applied {
+    fn of(file: &LoadedFile) -> Applied {
+        Applied { version: file.version.clone(), error: file.config.as_ref().err().cloned() }
     }
 }

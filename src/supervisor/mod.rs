@@ -5,12 +5,14 @@ pub mod actor;
 pub mod backoff;
 pub mod breaker;
 mod manager;
+pub mod memory;
 pub mod probe;
+pub mod writes;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-pub use manager::Manager;
+pub use manager::{FileRequest, Manager};
 
 use crate::config::FileError;
 use crate::ports::PortAllocator;
@@ -31,6 +33,8 @@ pub struct SupervisorContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The stdio bridge's hub of each running `stdio` child; the proxy reads it.
     pub hubs: Arc<crate::bridge::Hubs>,
+    /// The config history (`state/history/`); writes never wait.
+    pub history: crate::history::History,
 }
 
 /// A workspace's handle and log sink, as the HTTP layer reaches them.

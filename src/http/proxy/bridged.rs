@@ -118,13 +118,14 @@ impl Held {
     }
 }
 
-/// The workspace's current run, whatever its child speaks.
+/// The workspace's current run, whatever its child speaks; a workspace that
+/// starts on demand is started first (docs/reference.md §11).
 ///
 /// # Errors
 /// The workspace is unknown or not running.
-fn route(state: &AppState, name: &str) -> Result<Arc<Run>, ProxyError> {
+async fn route(state: &AppState, name: &str) -> Result<Arc<Run>, ProxyError> {
     let transport = state.ctx.bus.view().get(name).ok_or_else(|| ProxyError::unknown(name))?.status.transport;
-    state.proxy.route(name, transport).map(|(_, run)| run)
+    super::demand::route(state, name, transport).await.map(|(_, run)| run)
 }
 
 /// A new session on the workspace's child: on its hub for a `stdio` child,
@@ -198,7 +199,7 @@ pub async fn streamable(
             post(state, name, connect, &parts.headers, bytes).await
         }
         Method::GET => {
-            let run = match route(state, &name) {
+            let run = match route(state, &name).await {
                 Ok(run) => run,
                 Err(error) => return error.reply(&none),
             };
@@ -251,7 +252,7 @@ async fn post(
 ) -> Response {
     let proxy = &state.proxy;
     let peeked = jsonrpc::peek(&bytes).unwrap_or_default();
-    let run = match route(state, &name) {
+    let run = match route(state, &name).await {
         Ok(run) => run,
         Err(error) => return error.reply(&peeked),
     };
@@ -486,7 +487,7 @@ pub async fn legacy_sse(
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Response {
     let none = Peeked::default();
-    let run = match route(state, &name) {
+    let run = match route(state, &name).await {
         Ok(run) => run,
         Err(error) => return error.reply(&none),
     };
@@ -534,7 +535,7 @@ pub async fn legacy_message(state: &Arc<AppState>, name: String, request: Reques
         Err(response) => return response,
     };
     let peeked = jsonrpc::peek(&bytes).unwrap_or_default();
-    let run = match route(state, &name) {
+    let run = match route(state, &name).await {
         Ok(run) => run,
         Err(error) => return error.reply(&peeked),
     };

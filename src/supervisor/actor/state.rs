@@ -28,7 +28,9 @@
 //! - a stop cancels every pending restart;
 //! - every status change is published exactly once, as a chain of
 //!   transitions from the old status to the new one;
-//! - `running` follows only a successful readiness probe of the current child.
+//! - `running` follows only a successful readiness probe of the current child;
+//! - an idle stop counts no failure and schedules no restart; a demand starts
+//!   only a workspace that wakes on demand (see `lifecycle`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,8 @@ use crate::process::ExitInfo;
 use crate::state::{BreakerState, Health, Isolation, Status};
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::breaker::Breaker;
+
+use super::lifecycle::{self, IdleClock};
 
 /// Names one spawned child, so late news of an older child is ignored.
 pub type ChildId = u64;
@@ -110,6 +114,43 @@ pub enum Input {
     Memory { child: ChildId, rss_bytes: u64 },
     /// Time passed [`Core::next_deadline`].
     Tick,
+    /// A proxied request wants the child (docs/reference.md §11): starts a
+    /// stopped workspace that wakes on demand; answered with
+    /// [`Effect::Demanded`].
+    Demand,
+    /// The answer to [`Effect::CheckActivity`]: when the last proxied request
+    /// began or ended, and how many requests and client streams are open.
+    Activity { child: ChildId, last_request: Option<Instant>, open: u32 },
+    /// The answer to [`Effect::ReservePort`].
+    PortReserved { port: u16 },
+    /// The daemon is over `--max-memory-mb` and this tree is the largest:
+    /// the child is restarted as a memory-limit failure.
+    OverDaemonMemory { message: String },
+}
+
+/// How a changed config fared: its verdict (docs/reference.md §10).
+///
+/// A config counts as applied only once its child reaches `running`; the
+/// core then keeps it as the last good one, to go back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its child reached `running`, or it needed no child (disabled, stopped).
+    Applied,
+    /// Its child did not reach `running`; the last config that ran is back
+    /// (running again, or failed too, as the status shows).
+    RolledBack { to: String, message: String },
+    /// Its child did not reach `running`, and no config ran before it.
+    Failed { message: String },
+}
+
+/// A change whose child failed before `running`, replaced by the last
+/// config that ran; shown until the file changes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    pub failed_version: String,
+    pub restored_version: String,
+    /// Lowercase: what was rolled back, to what, and why.
+    pub message: String,
 }
 
 /// A status transition to publish as one `workspace/statusChanged`.
@@ -155,6 +196,12 @@ pub struct View {
     pub breaker_failures: u32,
     /// When the pending start runs, and what it is (`restart`, `half-open trial`).
     pub pending: Option<(Instant, &'static str)>,
+    /// The version of the file as last read, whatever became of it.
+    pub file_version: Option<String>,
+    /// The version of the last config that was applied (docs/reference.md §10).
+    pub applied_version: Option<String>,
+    /// The last change that was rolled back, until the file changes again.
+    pub rolled_back: Option<RolledBack>,
 }
 
 /// One thing for the driver to do, in order.
@@ -183,6 +230,17 @@ pub enum Effect {
     /// The actor is done: its child tree is gone. `removed` when the
     /// workspace itself went away.
     Finish { removed: bool },
+    /// The answer to a demand: whether the child is coming (starting or
+    /// running now, or starting once a stop is done), so the request waits.
+    Demanded(bool),
+    /// Read the proxy's activity for the idle clock; answered with
+    /// [`Input::Activity`].
+    CheckActivity { child: ChildId },
+    /// Allocate the workspace's port without starting it (an on-demand
+    /// workspace gets its port at once); answered with [`Input::PortReserved`].
+    ReservePort,
+    /// A changed config settled: applied, rolled back or failed.
+    Verdict { version: String, verdict: Verdict },
 }
 
 /// One run of a child, from spawn until its tree is gone.
@@ -308,6 +366,23 @@ struct Supervised {
     port: Option<u16>,
     isolation: Option<Isolation>,
     last_health_check: Option<Instant>,
+    /// The last stop was an idle stop: a request starts the child again.
+    parked: bool,
+    /// The idle clock of the current run.
+    idle: IdleClock,
+    /// The version of the file as last read.
+    file_version: String,
+    /// The version of the last config that was applied.
+    applied_version: Option<String>,
+    /// The last config whose child reached `running`: where a failed change goes back to.
+    last_good: Option<(Arc<WorkspaceConfig>, String)>,
+    /// The version in force whose child has yet to reach `running`.
+    trial: Option<String>,
+    /// The last change that was rolled back, until the file changes again.
+    rolled_back: Option<RolledBack>,
+    /// Whether the restored config's child has yet to run (or fail): the
+    /// verdict of a rollback waits for it.
+    rollback_settling: bool,
 }
 
 /// The workspace, as the actor's decisions see it.
@@ -347,11 +422,20 @@ impl Core {
         let mut out = Vec::new();
         match &mut self.workspace {
             Workspace::NeverValid { .. } => self.publish(&mut out, Status::Stopped, "config invalid"),
+            Workspace::Supervised(ws) if lifecycle::waits_for_demand(&ws.config) => {
+                out.push(Effect::ReservePort);
+                self.publish(&mut out, Status::Stopped, "on-demand");
+                self.applied(&mut out);
+            }
             Workspace::Supervised(ws) if ws.config.enabled => {
                 ws.desired_running = true;
+                ws.trial = Some(ws.version.clone());
                 self.spawn("start", &mut out);
             }
-            Workspace::Supervised(_) => self.publish(&mut out, Status::Stopped, "disabled"),
+            Workspace::Supervised(_) => {
+                self.publish(&mut out, Status::Stopped, "disabled");
+                self.applied(&mut out);
+            }
         }
         out
     }
@@ -393,7 +477,10 @@ impl Core {
         let sample = ws.state.child().and_then(|run| run.sample_at);
         let own = match &ws.state {
             State::Starting { deadline, .. } => Some(*deadline),
-            State::Running { stable_at, probe_at, .. } => [*stable_at, *probe_at].into_iter().flatten().min(),
+            State::Running { stable_at, probe_at, since, .. } => {
+                let idle_at = ws.idle.deadline(*since, ws.config.lifecycle.idle_stop);
+                [*stable_at, *probe_at, idle_at].into_iter().flatten().min()
+            }
             State::Stopping { kill_at, .. } => *kill_at,
             State::Backoff { until } | State::Open { until } => Some(*until),
             _ => None,
@@ -421,6 +508,9 @@ impl Core {
                 breaker: BreakerState::Closed,
                 breaker_failures: 0,
                 pending: None,
+                file_version: None,
+                applied_version: None,
+                rolled_back: None,
             },
             Workspace::Supervised(ws) => ws.view(),
         }
@@ -446,6 +536,15 @@ impl Core {
             Input::Probe { child, kind, result } => self.on_probe(child, kind, result, now, &mut out),
             Input::Memory { child, rss_bytes } => self.on_memory(child, rss_bytes, now, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
+            Input::Demand => self.on_demand(now, &mut out),
+            Input::Activity { child, last_request, open } => self.on_activity(child, last_request, open, now, &mut out),
+            Input::PortReserved { port } => {
+                if let Some(ws) = self.ws().filter(|ws| ws.port.is_none()) {
+                    ws.port = Some(port);
+                    self.update(&mut out);
+                }
+            }
+            Input::OverDaemonMemory { message } => self.on_over_daemon_memory(message, now, &mut out),
         }
         out
     }
@@ -508,6 +607,8 @@ impl Core {
             out.push(Effect::Restarted { reason });
         }
         ws.spawned = true;
+        ws.parked = false;
+        ws.idle = IdleClock::default();
         ws.state = State::Spawning { id, from, reason };
         out.push(Effect::Spawn { child: id, config: ws.config.clone() });
     }
@@ -539,6 +640,19 @@ impl Core {
         let jitter = self.jitter();
         let reason = failure.reason;
         let Some(ws) = self.ws() else { return };
+        let verdict = match ws.trial.take() {
+            Some(trial) => {
+                let good = ws.last_good.clone().filter(|(_, good)| *good != trial && ws.desired_running);
+                if let Some((config, version)) = good {
+                    self.roll_back(trial, config, version, failure, from, out);
+                    return;
+                }
+                Some(Effect::Verdict { version: trial, verdict: Verdict::Failed { message: failure.message.clone() } })
+            }
+            // The restored config failed too: the rollback is over all the same.
+            None => self.settle_rollback(),
+        };
+        let Some(ws) = self.ws() else { return };
         out.push(Effect::Failed(failure));
         ws.breaker.record_failure(now);
         let next = if ws.desired_running && ws.config.restart.policy != RestartPolicy::Never {
@@ -557,6 +671,78 @@ impl Core {
             None => next,
         };
         self.publish(out, from, reason);
+        out.extend(verdict);
+    }
+
+    /// Goes back from the failed `trial` to the last config that ran:
+    /// kills what is left of the trial's child, then starts the good one.
+    fn roll_back(
+        &mut self,
+        trial: String,
+        config: Arc<WorkspaceConfig>,
+        version: String,
+        failure: Failure,
+        from: Status,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(ws) = self.ws() else { return };
+        let message = format!("rolled back to {version}: config {trial} did not reach running: {}", failure.message);
+        out.push(Effect::Failed(failure));
+        // Going back is a config change: the breaker and backoff start over.
+        ws.backoff = Backoff::new(config.restart.backoff_initial, config.restart.backoff_max);
+        ws.breaker = Breaker::new(config.circuit_breaker.clone());
+        ws.config = config;
+        ws.version = version.clone();
+        ws.applied_version = Some(version.clone());
+        ws.rolled_back = Some(RolledBack { failed_version: trial, restored_version: version, message });
+        ws.rollback_settling = true;
+        match ws.state.child().copied() {
+            Some(child) => {
+                out.push(Effect::Kill { child: child.id });
+                let reason = "rolled back";
+                ws.state = State::Stopping { child, kill_at: None, reason, then: Then::Start { reason } };
+                self.publish(out, from, reason);
+            }
+            None => {
+                ws.state = State::Failed;
+                self.publish(out, from, "rolled back");
+                self.spawn("rolled back", out);
+            }
+        }
+    }
+
+    /// The verdict of a rollback whose restored child ran or failed.
+    fn settle_rollback(&mut self) -> Option<Effect> {
+        let ws = self.ws()?;
+        if !std::mem::take(&mut ws.rollback_settling) {
+            return None;
+        }
+        let rolled_back = ws.rolled_back.as_ref()?;
+        let verdict =
+            Verdict::RolledBack { to: rolled_back.restored_version.clone(), message: rolled_back.message.clone() };
+        Some(Effect::Verdict { version: rolled_back.failed_version.clone(), verdict })
+    }
+
+    /// The child of the config in force reached `running`: it is the last
+    /// good config now, and a trial or a rollback settles.
+    fn on_ready(&mut self, out: &mut Vec<Effect>) {
+        let verdict = self.settle_rollback();
+        let Some(ws) = self.ws() else { return };
+        ws.last_good = Some((ws.config.clone(), ws.version.clone()));
+        if ws.trial.is_some() {
+            self.applied(out);
+        }
+        out.extend(verdict);
+    }
+
+    /// The config in force is applied: its trial, if any, is over.
+    fn applied(&mut self, out: &mut Vec<Effect>) {
+        let Some(ws) = self.ws() else { return };
+        ws.trial = None;
+        ws.applied_version = Some(ws.version.clone());
+        let version = ws.version.clone();
+        self.update(out);
+        out.push(Effect::Verdict { version, verdict: Verdict::Applied });
     }
 
     fn on_start(&mut self, now: Instant, out: &mut Vec<Effect>) {
@@ -589,6 +775,11 @@ impl Core {
     }
 
     fn on_stop(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        if let Some(ws) = self.ws() {
+            // A stop by hand outranks an idle stop: only a start, or a
+            // request to an on-demand workspace, wakes the child now.
+            ws.parked = false;
+        }
         let noop = self.supervised().is_none_or(|ws| ws.state == State::Stopped);
         out.push(Effect::Noop(noop));
         self.stop(Then::Stop { reason: "stop" }, now, out);
@@ -650,6 +841,73 @@ impl Core {
         self.stop(Then::Start { reason: "restart" }, now, out);
     }
 
+    /// A request wants the child: start it if it wakes on demand, and say
+    /// whether it is coming.
+    fn on_demand(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let Some(ws) = self.ws() else {
+            out.push(Effect::Demanded(false));
+            return;
+        };
+        let wakes = lifecycle::wakes_on_demand(&ws.config, ws.parked);
+        match &mut ws.state {
+            State::Spawning { .. } | State::Starting { .. } | State::Running { .. } => {
+                out.push(Effect::Demanded(true));
+            }
+            State::Stopping { then: Then::Start { .. }, .. } => out.push(Effect::Demanded(true)),
+            // Restarts after a failure keep their own pace: backoff and the
+            // breaker are not for a client to skip. A removal is final.
+            State::Backoff { .. } | State::Open { .. } | State::Stopping { then: Then::Finish { .. }, .. } => {
+                out.push(Effect::Demanded(false));
+            }
+            State::Reaping { next, .. } if matches!(**next, State::Backoff { .. } | State::Open { .. }) => {
+                out.push(Effect::Demanded(false));
+            }
+            _ if !wakes => out.push(Effect::Demanded(false)),
+            State::Stopping { then, .. } => {
+                // An idle stop under way: start again once the tree is gone.
+                *then = Then::Start { reason: "demand" };
+                ws.desired_running = true;
+                out.push(Effect::Demanded(true));
+                self.update(out);
+            }
+            State::Reaping { .. } | State::Stopped | State::Failed => {
+                // A demand is a start: it closes the breaker like one.
+                ws.desired_running = true;
+                ws.breaker.close();
+                ws.backoff.reset();
+                out.push(Effect::Demanded(true));
+                if matches!(ws.state, State::Reaping { .. }) {
+                    self.stop(Then::Start { reason: "demand" }, now, out);
+                } else {
+                    self.spawn("demand", out);
+                }
+            }
+        }
+    }
+
+    /// The proxy's activity at the idle deadline: stop the child if it idled
+    /// for `idleStop`.
+    fn on_activity(
+        &mut self,
+        id: ChildId,
+        last_request: Option<Instant>,
+        open: u32,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(ws) = self.ws() else { return };
+        let State::Running { child, since, .. } = ws.state else { return };
+        if child.id != id {
+            return;
+        }
+        if ws.idle.answer(since, ws.config.lifecycle.idle_stop, last_request, open, now) {
+            self.stop(Then::Stop { reason: "idle" }, now, out);
+            if let Some(ws) = self.ws() {
+                ws.parked = true;
+            }
+        }
+    }
+
     fn on_finish(&mut self, removed: bool, reason: &'static str, now: Instant, out: &mut Vec<Effect>) {
         if self.ws().is_none() {
             self.finished = true;
@@ -663,17 +921,30 @@ impl Core {
         let Some(ws) = self.ws() else {
             let from = self.status();
             let enabled = config.enabled;
+            let on_demand = lifecycle::waits_for_demand(&config);
             let mut ws = Supervised::new(config, version);
-            ws.desired_running = enabled;
+            ws.desired_running = enabled && !on_demand;
             self.workspace = Workspace::Supervised(Box::new(ws));
-            if enabled {
+            if on_demand {
+                out.push(Effect::ReservePort);
+                self.publish(out, from, "on-demand");
+                self.applied(out);
+            } else if enabled {
+                if let Some(ws) = self.ws() {
+                    ws.trial = Some(ws.version.clone());
+                }
                 self.spawn_from(from, "config valid", out);
             } else {
                 self.publish(out, from, "disabled");
+                self.applied(out);
             }
             return;
         };
-        let had_error = ws.config_error.take().is_some();
+        // A new file ends what was said about the last one.
+        let rolled_back = ws.rolled_back.take().is_some();
+        ws.rollback_settling = false;
+        ws.file_version = version.clone();
+        let had_error = ws.config_error.take().is_some() || rolled_back;
         let differs = ws.config.child_differs(&config);
         let was_enabled = ws.config.enabled;
         ws.version = version;
@@ -690,6 +961,19 @@ impl Core {
             } else {
                 self.stop(Then::Stop { reason: "disabled" }, now, out);
             }
+            self.applied(out);
+            return;
+        }
+        if !was_enabled && lifecycle::waits_for_demand(&ws.config) {
+            // Enabling an on-demand workspace leaves its start to a request
+            // (a child still stopping from the disable stops all the same).
+            ws.breaker.close();
+            ws.backoff.reset();
+            match ws.state {
+                State::Stopped => self.publish(out, Status::Stopped, "on-demand"),
+                _ => self.update(out),
+            }
+            self.applied(out);
             return;
         }
         if !was_enabled {
@@ -700,12 +984,26 @@ impl Core {
         }
         let restart = ws.desired_running && (differs || ws.state.child().is_none() && !was_enabled);
         if restart {
+            // Applied only once the new child runs (docs/reference.md §10).
+            ws.trial = Some(ws.version.clone());
             let reason = if differs { "config changed" } else { "enabled" };
             self.stop(Then::Start { reason }, now, out);
-        } else if had_error {
+            return;
+        }
+        if ws.trial.is_some() {
+            // The same child is still on trial, now under the new version.
+            ws.trial = Some(ws.version.clone());
+        } else if matches!(ws.state, State::Running { .. }) {
+            ws.last_good = Some((ws.config.clone(), ws.version.clone()));
+        }
+        let on_trial = ws.trial.is_some();
+        if had_error {
             let status = self.status();
             self.publish(out, status, "config valid");
-        } else {
+        }
+        if !on_trial {
+            self.applied(out);
+        } else if !had_error {
             self.update(out);
         }
     }
@@ -713,7 +1011,11 @@ impl Core {
     fn on_invalid(&mut self, error: FileError, out: &mut Vec<Effect>) {
         match &mut self.workspace {
             Workspace::NeverValid { error: old } => *old = error,
-            Workspace::Supervised(ws) => ws.config_error = Some(error),
+            Workspace::Supervised(ws) => {
+                ws.config_error = Some(error);
+                ws.rolled_back = None;
+                ws.rollback_settling = false;
+            }
         }
         let status = self.status();
         self.publish(out, status, "config invalid");
@@ -836,6 +1138,7 @@ impl Core {
                     };
                     out.push(Effect::Ready { after });
                     self.go(state, "ready", out);
+                    self.on_ready(out);
                 }
                 Err(e) => {
                     let timeout = humantime::format_duration(ws.config.health.startup_timeout);
@@ -889,6 +1192,15 @@ impl Core {
         self.fail(failure, now, out);
     }
 
+    fn on_over_daemon_memory(&mut self, message: String, now: Instant, out: &mut Vec<Effect>) {
+        let live =
+            self.supervised().is_some_and(|ws| matches!(ws.state, State::Starting { .. } | State::Running { .. }));
+        if live {
+            let failure = Failure { message, reason: "memory limit", kind: "memory limit".into(), exit: None };
+            self.fail(failure, now, out);
+        }
+    }
+
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Effect>) {
         let Some(ws) = self.ws() else { return };
         let due = |t: &Option<Instant>| t.is_some_and(|t| t <= now);
@@ -897,6 +1209,12 @@ impl Core {
             if due(&child.sample_at) {
                 child.sample_at = None;
                 out.push(Effect::SampleMemory { child: child.id });
+            }
+        }
+        if let State::Running { child, since, .. } = &ws.state {
+            if ws.idle.deadline(*since, ws.config.lifecycle.idle_stop).is_some_and(|at| at <= now) {
+                ws.idle.ask();
+                out.push(Effect::CheckActivity { child: child.id });
             }
         }
         match &mut ws.state {
@@ -946,7 +1264,6 @@ impl Supervised {
             backoff: Backoff::new(config.restart.backoff_initial, config.restart.backoff_max),
             breaker: Breaker::new(config.circuit_breaker.clone()),
             config,
-            version,
             config_error: None,
             desired_running: false,
             state: State::Stopped,
@@ -955,6 +1272,15 @@ impl Supervised {
             port: None,
             isolation: None,
             last_health_check: None,
+            parked: false,
+            idle: IdleClock::default(),
+            file_version: version.clone(),
+            applied_version: None,
+            last_good: None,
+            trial: None,
+            rolled_back: None,
+            rollback_settling: false,
+            version,
         }
     }
 
@@ -988,6 +1314,9 @@ impl Supervised {
             breaker: self.breaker.state(),
             breaker_failures: self.breaker.failures(),
             pending: self.state.pending(),
+            file_version: Some(self.file_version.clone()),
+            applied_version: self.applied_version.clone(),
+            rolled_back: self.rolled_back.clone(),
         }
     }
 }

@@ -19,12 +19,12 @@ use tracing::Instrument;
 
 use super::handle::{WorkspaceHandle, COMMAND_QUEUE};
 use super::messages::Command;
-use super::state::{ChildId, Core, Effect, Failure, Input, ProbeKind, SpawnFailure, Spawned, View};
+use super::state::{ChildId, Core, Effect, Failure, Input, ProbeKind, SpawnFailure, Spawned, Verdict, View};
 use crate::bridge::{Hub, PoolSpec, SessionPool};
 use crate::config::{FileError, StdioShare, WorkspaceConfig};
 use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, LogSink};
-use crate::state::{BreakerStatus, ErrorRecord, ProxyPaths, Timestamp, WorkspaceRecord, WorkspaceStatus};
+use crate::state::{Activity, BreakerStatus, ErrorRecord, ProxyPaths, Timestamp, WorkspaceRecord, WorkspaceStatus};
 use crate::supervisor::probe::ProbeTarget;
 use crate::supervisor::SupervisorContext;
 
@@ -49,7 +49,10 @@ pub fn spawn(
     let (sender, commands) = mpsc::channel(COMMAND_QUEUE);
     let (results_sender, results) = mpsc::channel(4);
     let span = tracing::info_span!("workspace", name = %name);
+    let activity = Arc::new(Activity::default());
     let driver = Driver {
+        activity: activity.clone(),
+        reason: None,
         core: Core::new(config, rand::random()),
         name,
         ctx,
@@ -65,9 +68,11 @@ pub fn spawn(
         log_mark: 0,
         deferred: None,
         removed: None,
+        waiters: Vec::new(),
+        last_verdict: None,
     };
     tracker.spawn(driver.run().instrument(span));
-    WorkspaceHandle::new(sender)
+    WorkspaceHandle::new(sender, activity)
 }
 
 /// The live child, keyed by the core's id for it.
@@ -100,6 +105,14 @@ struct Driver {
     deferred: Option<Command>,
     /// Answered once the actor finished after a removal.
     removed: Option<oneshot::Sender<()>>,
+    /// What the proxy saw of the clients, for the idle clock.
+    activity: Arc<Activity>,
+    /// The reason of the last transition, shown in the status.
+    reason: Option<&'static str>,
+    /// Who waits for the verdict on which config version (API writes).
+    waiters: Vec<(String, oneshot::Sender<Verdict>)>,
+    /// The last verdict, for a waiter that comes after it.
+    last_verdict: Option<(String, Verdict)>,
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -167,6 +180,7 @@ impl Driver {
             Command::Start { noop } => (Input::Start, noop),
             Command::Stop { noop } => (Input::Stop, noop),
             Command::Restart => (Input::Restart, None),
+            Command::Demand { coming } => (Input::Demand, Some(coming)),
             Command::Apply { mut config, mut version } => {
                 while let Ok(next) = self.commands.try_recv() {
                     match next {
@@ -177,8 +191,21 @@ impl Driver {
                         }
                     }
                 }
+                // A waiter for another version hears nothing more: its
+                // sender drops, which says it was superseded.
+                self.waiters.retain(|(v, _)| *v == version);
                 (Input::Apply { config, version }, None)
             }
+            Command::AwaitVerdict { version, reply } => {
+                match &self.last_verdict {
+                    Some((v, verdict)) if *v == version => {
+                        let _ = reply.send(verdict.clone());
+                    }
+                    _ => self.waiters.push((version, reply)),
+                }
+                (Input::Tick, None)
+            }
+            Command::OverDaemonMemory { message } => (Input::OverDaemonMemory { message }, None),
             Command::Invalid(error) => {
                 tracing::warn!("workspace file is invalid; keeping the last good config:\n{error}");
                 (Input::Invalid(error), None)
@@ -223,6 +250,9 @@ impl Driver {
                         tracing::info!(ready_ms = after.as_millis() as u64, "child is ready");
                     }
                     Effect::Publish { view, transition } => {
+                        if let Some(t) = transition {
+                            self.reason = Some(t.reason);
+                        }
                         let record = self.record(&view);
                         match transition {
                             Some(t) => {
@@ -233,11 +263,20 @@ impl Driver {
                             None => self.ctx.bus.update(record),
                         }
                     }
-                    Effect::Noop(noop) => {
+                    Effect::Noop(answer) | Effect::Demanded(answer) => {
                         if let Some(reply) = reply.take() {
-                            let _ = reply.send(noop);
+                            let _ = reply.send(answer);
                         }
                     }
+                    Effect::CheckActivity { child } => {
+                        let (last_request, open) = (self.activity.last(), self.activity.open());
+                        answers.push(Input::Activity { child, last_request, open });
+                    }
+                    Effect::ReservePort => match self.ctx.ports.acquire(&self.name) {
+                        Ok(port) => answers.push(Input::PortReserved { port }),
+                        Err(e) => tracing::warn!("allocating a port for the first request: {e}"),
+                    },
+                    Effect::Verdict { version, verdict } => self.verdict(version, verdict),
                     Effect::Finish { removed } => {
                         self.abort_probe();
                         if removed {
@@ -254,6 +293,21 @@ impl Driver {
                 queue.extend(self.core.step(input, Instant::now()));
             }
         }
+    }
+
+    /// Records a verdict in the history and tells whoever waits for it.
+    fn verdict(&mut self, version: String, verdict: Verdict) {
+        use crate::history::Outcome;
+        let outcome = match verdict {
+            Verdict::Applied => Outcome::Applied,
+            Verdict::RolledBack { .. } | Verdict::Failed { .. } => Outcome::RolledBack,
+        };
+        tracing::info!(version, outcome = outcome.as_str(), "config settled");
+        self.ctx.history.verdict(&self.name, &version, outcome);
+        for (_, reply) in self.waiters.extract_if(.., |(v, _)| *v == version) {
+            let _ = reply.send(verdict.clone());
+        }
+        self.last_verdict = Some((version, verdict));
     }
 
     fn slot(&mut self, id: ChildId) -> Option<&mut Slot> {
@@ -387,6 +441,7 @@ impl Driver {
             status: WorkspaceStatus {
                 workspace: name.clone(),
                 status: view.status,
+                reason: self.reason.map(str::to_string),
                 health: view.health,
                 enabled: config.is_some_and(|c| c.enabled),
                 pid: view.pid,
@@ -405,10 +460,12 @@ impl Driver {
                     next_retry_at: view.pending.map(|(at, _)| wall_of(at)),
                 },
                 last_error: self.errors.back().cloned(),
-                config_error: view.config_error.clone(),
+                config_error: view.config_error.clone().or_else(|| self.rollback_error(view)),
                 config_version: view.version.clone(),
                 resources: None,
                 stdio: None,
+                applied_version: view.applied_version.clone(),
+                file_version: view.file_version.clone(),
             },
             pgid: view.pgid,
             desired_config_version: view.version.clone(),
@@ -416,7 +473,24 @@ impl Driver {
             pending: view.pending.map(|(at, what)| format!("{what} at {}", wall_of(at))),
             errors: self.errors.iter().cloned().collect(),
             limits: config.map(|c| c.limits.clone()).unwrap_or_default(),
+            hold_for: config.filter(|c| c.enabled && c.lifecycle.holds_requests()).map(|c| c.health.startup_timeout),
         }
+    }
+}
+
+impl Driver {
+    /// The `configError` of a rollback: what was rolled back and why, then
+    /// the failed child's error and its stderr tail (docs/reference.md §10).
+    fn rollback_error(&self, view: &View) -> Option<FileError> {
+        let rolled_back = view.rolled_back.as_ref()?;
+        let file = self.ctx.launch.workspaces_dir.join(format!("{}.json", self.name));
+        let mut errors = vec![crate::config::ConfigError { at: String::new(), message: rolled_back.message.clone() }];
+        let failed = self.errors.iter().rev().find(|e| rolled_back.message.contains(&e.message));
+        if let Some(failed) = failed {
+            let lines = failed.stderr_tail.iter().map(|line| format!("stderr: {line}"));
+            errors.extend(lines.map(|message| crate::config::ConfigError { at: String::new(), message }));
+        }
+        Some(FileError { file, errors })
     }
 }
 
