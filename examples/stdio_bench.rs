@@ -62,9 +62,7 @@ async fn direct(exe: &Path, calls: usize) -> Vec<Duration> {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut roundtrip = async |message: Value| {
         stdin.write_all(format!("{message}\n").as_bytes()).await.unwrap();
-        if message.get("id").is_none() {
-            return None;
-        }
+        message.get("id")?;
         loop {
             let line = lines.next_line().await.unwrap().expect("a line");
             let answer: Value = serde_json::from_str(&line).unwrap();

@@ -201,8 +201,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         prober: Arc::new(supervisor::probe::McpProber::new()),
         runtime: runtime.clone(),
         metrics,
-        history,
         hubs: Arc::default(),
+        history,
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),

@@ -315,7 +315,7 @@ impl Hub {
 
     /// One message of client session `id` for the child; answers and the
     /// messages about a request go to `reply`.
-    fn from_client(&self, id: u64, mut message: Value, reply: &Sink) -> Result<(), BridgeError> {
+    fn client_message(&self, id: u64, mut message: Value, reply: &Sink) -> Result<(), BridgeError> {
         let mut routing = self.routing.lock().unwrap();
         if self.is_closed() {
             return Err(self.gone());
@@ -615,7 +615,7 @@ impl HubSession {
     /// # Errors
     /// The hub or the session is closed.
     pub fn send(&self, message: Value, reply: &Sink) -> Result<(), BridgeError> {
-        self.hub.from_client(self.id, message, reply)
+        self.hub.client_message(self.id, message, reply)
     }
 
     /// Makes `sink` the session's stream for messages not tied to a request;

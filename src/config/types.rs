@@ -74,13 +74,13 @@ pub struct WorkspaceConfig {
     /// Resource limits of the child; unset is unlimited.
     #[serde(default)]
     pub limits: Limits,
-    /// When the child starts and when it stops for want of clients.
-    #[serde(default)]
-    pub lifecycle: LifecycleConfig,
     /// How client sessions share a `stdio` child (docs/reference.md §9);
     /// ignored for other transports.
     #[serde(default)]
     pub stdio: StdioConfig,
+    /// When the child starts and when it stops for want of clients.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
 }
 
 fn yes() -> bool {

@@ -31,10 +31,10 @@ pub struct SupervisorContext {
     /// `state/runtime.json`, for the sweep after a crash.
     pub runtime: crate::process::runtime::RuntimeFile,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// The config history (`state/history/`); writes never wait.
-    pub history: crate::history::History,
     /// The stdio bridge's hub of each running `stdio` child; the proxy reads it.
     pub hubs: Arc<crate::bridge::Hubs>,
+    /// The config history (`state/history/`); writes never wait.
+    pub history: crate::history::History,
 }
 
 /// A workspace's handle and log sink, as the HTTP layer reaches them.

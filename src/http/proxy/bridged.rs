@@ -119,7 +119,7 @@ impl Held {
 }
 
 /// The workspace's current run, whatever its child speaks; a workspace that
-/// starts on demand is started first and the request held (§11).
+/// starts on demand is started first (docs/reference.md §11).
 ///
 /// # Errors
 /// The workspace is unknown or not running.

@@ -1171,9 +1171,9 @@ mod driver {
                 resources: Default::default(),
                 subscribers: Arc::new(Vec::new),
             }),
+            hubs: Arc::default(),
             // Its writer never runs: these tests keep no history.
             history: crate::history::History::new(&dir.path().join("history")).0,
-            hubs: Arc::default(),
         });
         let logs = LogSink::open(&dir.path().join("logs"), "dev");
         let handle = actor::spawn(
