@@ -16,8 +16,10 @@
 
 mod body;
 mod connections;
+mod continuity;
 mod error;
 mod headers;
+mod hold;
 mod jsonrpc;
 mod legacy;
 mod relay;
