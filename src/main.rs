@@ -14,12 +14,15 @@ fn main() {
             mcpvisor::process::guard::run(&state);
             0
         }
-        CliCommand::Serve { workspaces, state, listen, port_range, token, log_format } => {
+        CliCommand::Serve { workspaces, state, listen, port_range, token, log_format, max_concurrent_starts } => {
             init_tracing(log_format);
             let mut config = mcpvisor::ServeConfig::new(workspaces, state);
             config.listen = listen;
             config.port_range = port_range.0..=port_range.1;
             config.token = token;
+            if let Some(n) = max_concurrent_starts {
+                config.max_concurrent_starts = n as usize;
+            }
             runtime(true).block_on(serve(config))
         }
         client => runtime(true).block_on(run_client(client)),

@@ -41,6 +41,10 @@ pub enum CliCommand {
         token: Option<String>,
         #[arg(long, env = "MCPVISOR_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// Children spawning or starting up at once; the rest wait in
+        /// `starting` with reason `queued`. Default: four per core.
+        #[arg(long, env = "MCPVISOR_MAX_CONCURRENT_STARTS", value_parser = clap::value_parser!(u32).range(1..))]
+        max_concurrent_starts: Option<u32>,
     },
     /// Check workspace files (or folders of them); exit 1 if any is invalid.
     Validate {

@@ -11,6 +11,7 @@ mod debug;
 pub(crate) mod error;
 mod guard;
 mod holding;
+pub mod listing;
 pub mod proxy;
 mod server;
 pub(crate) mod sse;
@@ -45,6 +46,18 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The MCP reverse proxy (docs/reference.md §8).
     pub proxy: Arc<proxy::Proxy>,
+    /// The statuses rendered once per snapshot, shared by every read.
+    pub listing: listing::Listing,
+}
+
+/// `GET /api/workspaces` and `/api/workspaces/{name}`: shared bytes,
+/// compressed when the client asks, with the coding in the `ETag`.
+fn status_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/workspaces", get(api::list))
+        .route("/api/workspaces/{name}", get(api::one))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(listing::tag_coding))
 }
 
 /// Builds the router over `state`; tests drive it with `oneshot`. Every
@@ -54,8 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/api/workspaces", get(api::list))
-        .route("/api/workspaces/{name}", get(api::one))
+        .merge(status_routes())
         .route("/api/workspaces/{name}/logs", get(api::logs))
         .route("/api/workspaces/{name}/events", get(sse::workspace_events))
         .route("/api/workspaces/{name}/{action}", post(api::command))

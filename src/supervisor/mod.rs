@@ -29,6 +29,9 @@ pub struct SupervisorContext {
     /// `state/runtime.json`, for the sweep after a crash.
     pub runtime: crate::process::runtime::RuntimeFile,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Start slots shared by every actor (`--max-concurrent-starts`): one
+    /// is held from a spawn until the child is ready or failed.
+    pub starts: Arc<tokio::sync::Semaphore>,
 }
 
 /// A workspace's handle and log sink, as the HTTP layer reaches them.

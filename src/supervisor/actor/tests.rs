@@ -398,6 +398,48 @@ fn a_failed_spawn_shows_starting_then_error() {
     assert_eq!(failure.as_deref(), Some("spawn: not found"));
 }
 
+#[test]
+fn a_start_without_a_free_slot_waits_queued_then_spawns() {
+    let mut core = Core::new(Ok((quick(), "v1".into())), 1);
+    let now = Instant::now();
+    let Some(Effect::Spawn { child, .. }) = core.boot().pop() else { panic!("boot spawns") };
+    assert!(core.holds_start_slot());
+    let effects = core.step(Input::Queued { child }, now);
+    assert_eq!(moves(&effects), ["stopped>starting:queued"]);
+    assert_eq!((core.queued(), core.holds_start_slot(), core.view().pid), (Some(child), false, None));
+    assert_eq!(core.next_deadline(), None, "a queued start has no startup deadline yet");
+    // A start while queued changes nothing; a slot for another child neither.
+    assert!(has(&core.step(Input::Start, now), |e| matches!(e, Effect::Noop(true))));
+    assert!(core.step(Input::Slot { child: child + 1 }, now).is_empty());
+    let effects = core.step(Input::Slot { child }, now);
+    assert_eq!(spawns(&effects), 1);
+    assert!(moves(&effects).is_empty(), "nothing is published between the slot and the spawn");
+    let spawned = Spawned { pid: 7, pgid: 7, port: 1, isolation: Isolation::Cgroup, memory_enforced: false };
+    let effects = core.step(Input::Spawned { child, result: Ok(spawned) }, now);
+    assert_eq!(moves(&effects), ["starting>starting:start"]);
+    assert_eq!(core.view().pid, Some(7));
+    assert!(core.holds_start_slot(), "the slot is held until ready");
+    core.step(Input::Probe { child, kind: ProbeKind::Readiness, result: Ok(()) }, now);
+    assert_eq!((core.status(), core.holds_start_slot()), (Status::Running, false));
+}
+
+#[test]
+fn a_stop_or_restart_while_queued_leaves_the_queue() {
+    let mut core = Core::new(Ok((quick(), "v1".into())), 1);
+    let now = Instant::now();
+    let Some(Effect::Spawn { child, .. }) = core.boot().pop() else { panic!("boot spawns") };
+    core.step(Input::Queued { child }, now);
+    let effects = core.step(Input::Stop, now);
+    assert_eq!(moves(&effects), ["starting>stopped:stop"]);
+    assert_eq!(core.queued(), None);
+    assert!(core.step(Input::Slot { child }, now).is_empty(), "a late slot spawns nothing");
+    let Some(Effect::Spawn { child, .. }) = core.step(Input::Start, now).pop() else { panic!("start spawns") };
+    core.step(Input::Queued { child }, now);
+    let effects = core.step(Input::Restart, now);
+    assert_eq!(moves(&effects), ["starting>stopped:restart"]);
+    assert_eq!(spawns(&effects), 1, "the restart asks for a new slot");
+}
+
 mod invariants {
     //! Random sequences of commands, exits, probe results, config changes
     //! and timer firings against the invariants of the state module.
@@ -423,6 +465,8 @@ mod invariants {
         ToDeadline,
         FailSpawns(bool),
         Remove,
+        SlotsFull(bool),
+        GrantSlot,
     }
 
     fn action() -> impl Strategy<Value = Action> {
@@ -442,6 +486,8 @@ mod invariants {
             6 => Just(Action::ToDeadline),
             2 => any::<bool>().prop_map(Action::FailSpawns),
             1 => Just(Action::Remove),
+            2 => any::<bool>().prop_map(Action::SlotsFull),
+            3 => Just(Action::GrantSlot),
         ]
     }
 
@@ -481,6 +527,12 @@ mod invariants {
         /// Whether the commands so far want a running child.
         wanted: bool,
         half_open_trials: u32,
+        /// Every start slot is taken: spawns are answered `Queued`.
+        slots_full: bool,
+        /// Children answered `Queued`, oldest first.
+        queued: Vec<ChildId>,
+        /// The child given a slot: its spawn goes ahead, as the driver's does.
+        granted: Option<ChildId>,
     }
 
     struct Run {
@@ -497,9 +549,12 @@ mod invariants {
                 Input::Probe { kind: ProbeKind::Readiness, result: Ok(()), child }
                     if self.world.live.is_some_and(|(id, _)| id == *child)
             );
+            let stale_slot = matches!(&input, Input::Slot { child } if self.core.queued() != Some(*child));
             let before = self.core.status();
             let effects = self.core.step(input, self.now);
             let after = self.core.status();
+            prop_assert!(!stale_slot || effects.is_empty(), "a slot for no queued child did something: {:?}", effects);
+            prop_assert!(self.core.queued().is_none() || after == Status::Starting, "queued but {}", after);
             check_chain(&effects, before, after)?;
             for t in transitions(&effects) {
                 if t.to == Status::Running && t.from != Status::Running {
@@ -520,9 +575,15 @@ mod invariants {
                         prop_assert!(self.world.live.is_none(), "spawn while child {:?} lives", self.world.live);
                         prop_assert!(self.world.wanted, "spawn after a stop, with no start since");
                         prop_assert!(breaker != BreakerState::Open, "spawn while the breaker is open");
-                        if breaker == BreakerState::HalfOpen {
+                        // A queued trial that got its slot is the same trial.
+                        if breaker == BreakerState::HalfOpen && self.world.granted != Some(child) {
                             self.world.half_open_trials += 1;
                             prop_assert!(self.world.half_open_trials <= 1, "a second half-open trial");
+                        }
+                        if self.world.slots_full && self.world.granted != Some(child) {
+                            self.world.queued.push(child);
+                            self.step(Input::Queued { child })?;
+                            continue;
                         }
                         let result = if self.world.fail_spawns {
                             Err(SpawnFailure { kind: "not found", message: "x".into(), port: None })
@@ -652,6 +713,14 @@ mod invariants {
                         }
                     }
                     Action::FailSpawns(fail) => run.world.fail_spawns = fail,
+                    Action::SlotsFull(full) => run.world.slots_full = full,
+                    Action::GrantSlot => {
+                        if !run.world.queued.is_empty() {
+                            let child = run.world.queued.remove(0);
+                            run.world.granted = Some(child);
+                            run.step(Input::Slot { child })?;
+                        }
+                    }
                     Action::Remove => {
                         run.world.wanted = false;
                         run.step(Input::Remove)?;
@@ -781,6 +850,7 @@ mod driver {
                 resources: Default::default(),
                 subscribers: Arc::new(Vec::new),
             }),
+            starts: Arc::new(tokio::sync::Semaphore::new(4)),
         });
         let logs = LogSink::open(&dir.path().join("logs"), "dev");
         let handle = actor::spawn(
