@@ -90,7 +90,9 @@ struct ReconcileRun {
 /// 100 demo workspaces and times `/readyz` and every workspace `running`.
 /// `/readyz` and `/healthz` are polled from plain OS threads (raw HTTP, 1 ms
 /// and 5 ms), so the pollers never wait for the daemon's tokio workers.
-async fn reconcile_run(exe: &Path, binary: bool, enabled: bool) -> ReconcileRun {
+/// `max_starts` sets the binary's `--max-concurrent-starts` (through its
+/// environment variable); `None` keeps the default.
+async fn reconcile_run(exe: &Path, binary: bool, enabled: bool, max_starts: Option<&str>) -> ReconcileRun {
     const N: usize = 100;
     let mut body = demo(0);
     if !enabled {
@@ -100,6 +102,10 @@ async fn reconcile_run(exe: &Path, binary: bool, enabled: bool) -> ReconcileRun 
     let range = free_range(200);
     let (t0, port, mut daemon, running) = if binary {
         let port = free_port();
+        match max_starts {
+            Some(n) => std::env::set_var("MCPVISOR_MAX_CONCURRENT_STARTS", n),
+            None => std::env::remove_var("MCPVISOR_MAX_CONCURRENT_STARTS"),
+        }
         let t0 = Instant::now();
         let daemon = Proc::serve(exe, root.path(), port, range);
         (t0, port, Some(daemon), None)
@@ -171,14 +177,15 @@ async fn main() {
     print_header("reload_bench", &exe, ", in-process daemon with serve defaults");
     let r = reload(&exe).await;
     let mut c = Vec::new();
-    for (label, binary, enabled) in [
-        ("in-process mcpvisor::start()", false, true),
-        ("release binary (from exec)", true, true),
-        ("in-process, all `enabled: false`", false, false),
+    for (label, binary, enabled, max_starts) in [
+        ("in-process mcpvisor::start()", false, true, None),
+        ("release binary (from exec)", true, true, None),
+        ("release binary, unbounded starts", true, true, Some("100000")),
+        ("in-process, all `enabled: false`", false, false, None),
     ] {
         let mut runs = Vec::new();
         for _ in 0..RECONCILE_RUNS {
-            runs.push(reconcile_run(&exe, binary, enabled).await);
+            runs.push(reconcile_run(&exe, binary, enabled, max_starts).await);
         }
         c.push((label, runs));
     }
