@@ -145,3 +145,54 @@ async fn starts_beyond_the_limit_wait_queued_then_every_child_runs() {
     assert!(queued.len() >= 3, "with one slot, three of four starts wait: {queued:?}");
     assert_eq!(max_starting_at_once, 1, "one child starting at a time");
 }
+
+/// Reads from `stream` until `needle` shows up; everything read so far.
+async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = tokio::time::timeout(UP, stream.read(&mut buf)).await.expect("bytes in time").unwrap();
+        assert!(n > 0, "closed before {needle:?}: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_its_own_connection_is_served_without_hyper_and_ends_with_its_client() {
+    use tokio::io::AsyncWriteExt;
+    let daemon = Daemon::start(&[("w", disabled())]).await;
+    daemon.wait_status("w", "stopped", UP).await;
+    let addr = daemon.url.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!("GET /api/workspaces/w/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let seen = read_until(&mut stream, "\"reason\":\"snapshot\"").await.to_ascii_lowercase();
+    assert!(seen.starts_with("http/1.1 200 ok\r\n"), "{seen}");
+    assert!(seen.contains("content-type: text/event-stream\r\n"), "{seen}");
+    assert!(seen.contains("transfer-encoding: chunked\r\n") && seen.contains("connection: close\r\n"), "{seen}");
+    // The guard still answers on this path.
+    let mut evil = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    evil.write_all(b"GET /api/events HTTP/1.1\r\nHost: evil.example\r\n\r\n").await.unwrap();
+    assert!(read_until(&mut evil, "}").await.starts_with("HTTP/1.1 403"), "DNS rebinding is refused");
+
+    let subscribers = || async {
+        let (_, connections) = daemon.get("/api/debug/state/connections").await;
+        connections["subscribers"].as_array().map_or(0, |s| s.len())
+    };
+    assert_eq!(subscribers().await, 1);
+    // A change reaches the stream as a chunk.
+    assert_eq!(daemon.post("/api/workspaces/w/start").await.0, 202);
+    read_until(&mut stream, "\"status\":\"starting\"").await;
+    drop(stream);
+    eventually("the subscriber gone with its client", UP, || async {
+        let n = subscribers().await;
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} subscribers"))
+        }
+    })
+    .await;
+}

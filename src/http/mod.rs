@@ -9,6 +9,7 @@ mod api;
 mod dashboard;
 mod debug;
 pub(crate) mod error;
+mod first_request;
 mod guard;
 mod holding;
 pub mod listing;
