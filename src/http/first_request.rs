@@ -12,18 +12,16 @@
 //! `Connection: close`, while the socket is watched only for the client
 //! closing it. Every other request, and anything this reader does not fully
 //! understand, is handed to hyper with the bytes already read in front
-//! ([`Rewind`]), exactly as if it had read them itself.
+//! (see `server.rs`'s `Watched`), exactly as if it had read them itself.
 
 use std::io::IoSlice;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, Response, Version};
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Most bytes read while looking for the end of the first request head;
@@ -180,60 +178,6 @@ async fn write_chunk(writer: &mut (impl AsyncWrite + Unpin), data: &[u8]) -> std
         rest.extend_from_slice(part);
     }
     writer.write_all(&rest[written..]).await
-}
-
-/// A socket with bytes already read from it in front.
-pub struct Rewind<S> {
-    prefix: BytesMut,
-    inner: S,
-}
-
-impl<S> Rewind<S> {
-    pub fn new(prefix: BytesMut, inner: S) -> Rewind<S> {
-        Rewind { prefix, inner }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                // Give the buffer back.
-                self.prefix = BytesMut::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

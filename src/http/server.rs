@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::first_request::{self, First, Rewind};
+use super::first_request::{self, First};
 use super::holding::Holding;
 use super::ApiError;
 
@@ -165,8 +165,7 @@ impl Connection {
             First::Other(prefix) => prefix,
         };
         let activity = Arc::new(Activity::new());
-        activity.read();
-        let io = TokioIo::new(Rewind::new(prefix, Watched { inner: stream, activity: activity.clone() }));
+        let io = TokioIo::new(Watched { prefix, inner: stream, activity: activity.clone() });
         let (router, peer, requests) = (self.router, self.peer, activity.clone());
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let in_flight = InFlight::start(&requests);
@@ -282,14 +281,26 @@ impl Drop for InFlight {
     }
 }
 
-/// The connection's socket, noting when bytes arrive.
+/// The connection's socket, noting when bytes arrive, with the bytes
+/// [`first_request::read`] took from it in front.
 struct Watched {
+    prefix: bytes::BytesMut,
     inner: TcpStream,
     activity: Arc<Activity>,
 }
 
 impl AsyncRead for Watched {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            if self.prefix.is_empty() {
+                // Give the buffer back.
+                self.prefix = bytes::BytesMut::new();
+            }
+            self.activity.read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
