@@ -347,6 +347,32 @@ async fn idle(n: u16) {
     for (label, cpu, rss) in [read, quiet] {
         println!("| {label} | {cpu:.2} % | {:.1} MiB |", rss as f64 / (1 << 20) as f64);
     }
+    if std::env::var_os("MCPVISOR_BENCH_PERF").is_some() {
+        profile(daemon.child.id(), 30);
+    }
+}
+
+/// `perf record` of process `pid` for `seconds`, then the top of `perf report`.
+fn profile(pid: u32, seconds: u64) {
+    let data = tempfile::NamedTempFile::new().unwrap();
+    let out = data.path().display().to_string();
+    let record = Command::new("perf")
+        .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o", &out, "--", "sleep", &seconds.to_string()])
+        .output();
+    if !record.is_ok_and(|r| r.status.success()) {
+        println!("(perf record failed: scripts/bench-setup installs perf; it needs root or perf_event_paranoid <= 1)");
+        return;
+    }
+    let report = Command::new("perf")
+        .args(["report", "-i", &out, "--stdio", "--no-children", "--sort", "comm,dso,symbol", "--percent-limit", "1.5"])
+        .args(["-g", "none"])
+        .output()
+        .unwrap();
+    println!("\nperf record -F 999 -g -p <daemon> -- sleep {seconds} (a third, quiet window), top symbols:\n```");
+    for line in String::from_utf8_lossy(&report.stdout).lines().filter(|l| !l.is_empty()) {
+        println!("{line}");
+    }
+    println!("```");
 }
 
 #[tokio::main]
