@@ -140,9 +140,23 @@ async fn reconcile_run(exe: &Path, binary: bool, enabled: bool, max_starts: Opti
     let all_running = if enabled {
         let http = http_client();
         let mut events = subscribe(&http, format!("http://127.0.0.1:{port}/api/events")).await;
-        let mut status: HashMap<String, String> = HashMap::new();
+        // `subscribe` takes the first snapshot event: seed every status from
+        // the list, read after the stream is live, so a workspace that was
+        // running before it opened counts too. Later events overwrite it.
+        let list: Value =
+            http.get(format!("http://127.0.0.1:{port}/api/workspaces")).send().await.unwrap().json().await.unwrap();
+        let mut status: HashMap<String, String> = list["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| (w["workspace"].as_str().unwrap().to_string(), w["status"].as_str().unwrap().to_string()))
+            .collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut last = Instant::now();
         let at = loop {
+            if status.len() == N && status.values().all(|s| s == "running") {
+                break last;
+            }
             let (at, v) = tokio::time::timeout_at(deadline, events.recv())
                 .await
                 .expect("all running within 120 s")
@@ -151,9 +165,7 @@ async fn reconcile_run(exe: &Path, binary: bool, enabled: bool, max_starts: Opti
                 v["workspace"].as_str().unwrap_or_default().to_string(),
                 v["status"].as_str().unwrap_or_default().to_string(),
             );
-            if status.len() == N && status.values().all(|s| s == "running") {
-                break at;
-            }
+            last = at;
         };
         Some(ms(at - t0))
     } else {

@@ -39,7 +39,8 @@ impl Daemon {
             port,
             free_range(n_ports),
         );
-        let child = Proc::spawn(serve.env("MCPVISOR_LOG", "warn"));
+        // Room for 10,000 subscribers (the default is 1,024 connections).
+        let child = Proc::spawn(serve.env("MCPVISOR_LOG", "warn").env("MCPVISOR_MAX_CONNECTIONS", "12000"));
         let daemon = Daemon { child, addr: format!("127.0.0.1:{port}"), _dir: dir, http: http_client() };
         while daemon.get("/readyz").await.is_none_or(|(code, _)| code != 200) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -369,8 +370,10 @@ fn profile(pid: u32, seconds: u64) {
         .output()
         .unwrap();
     println!("\nperf record -F 999 -g -p <daemon> -- sleep {seconds} (a third, quiet window), top symbols:\n```");
-    for line in String::from_utf8_lossy(&report.stdout).lines().filter(|l| !l.is_empty()) {
-        println!("{line}");
+    let report = String::from_utf8_lossy(&report.stdout);
+    for line in report.lines().map(str::trim_end).filter(|l| !l.is_empty() && !l.starts_with("# ")) {
+        // perf pads its symbol column to the widest name: cut the padding.
+        println!("{}", line.split("   ").filter(|f| !f.trim().is_empty()).collect::<Vec<_>>().join("  "));
     }
     println!("```");
 }

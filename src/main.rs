@@ -14,12 +14,22 @@ fn main() {
             mcpvisor::process::guard::run(&state);
             0
         }
-        CliCommand::Serve { workspaces, state, listen, port_range, token, log_format, max_concurrent_starts } => {
+        CliCommand::Serve {
+            workspaces,
+            state,
+            listen,
+            port_range,
+            token,
+            log_format,
+            max_concurrent_starts,
+            max_connections,
+        } => {
             init_tracing(log_format);
             let mut config = mcpvisor::ServeConfig::new(workspaces, state);
             config.listen = listen;
             config.port_range = port_range.0..=port_range.1;
             config.token = token;
+            config.http.max_connections = max_connections as usize;
             if let Some(n) = max_concurrent_starts {
                 config.max_concurrent_starts = n as usize;
             }
