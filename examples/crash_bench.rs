@@ -11,7 +11,8 @@
 //! `circuitBreaker.failureThreshold`, and each kill comes 1.3 s after the
 //! child answered: every crash is a "rare crash" after a stable run
 //! (docs/reference.md §5), and pm2's `min_uptime` (1 s) is also passed.
-//! supervisord (PyPI) and pm2 (npm) are installed under /tmp/mcpvisor-bench.
+//! supervisord (PyPI) and pm2 (npm) are installed by `scripts/bench-setup` (into
+//! `target/bench-peers`, or `$MCPVISOR_BENCH_PEERS`).
 //!
 //! The crash series also runs, in the same run, for the same binary with its
 //! cgroup v2 mount made read-only (in a private mount namespace, so the
@@ -103,8 +104,6 @@ fn crash_series(label: &str, port: u16) -> Result<Vec<f64>, String> {
 
 // ---------------------------------------------------------------- peers
 
-const BENCH_DIR: &str = "/tmp/mcpvisor-bench";
-
 fn run_quiet(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
@@ -115,31 +114,32 @@ fn run_quiet(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-/// supervisord from PyPI into a venv under /tmp (kept between runs).
-fn install_supervisord() -> Result<PathBuf, String> {
-    let venv = Path::new(BENCH_DIR).join("venv");
-    let bin = venv.join("bin/supervisord");
-    if !bin.exists() {
-        std::fs::create_dir_all(BENCH_DIR).map_err(|e| e.to_string())?;
-        run_quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-        run_quiet(Command::new(venv.join("bin/pip")).args(["install", "-q", "supervisor"]))?;
-    }
-    Ok(bin)
+/// Where `scripts/bench-setup` installed the peers: `$MCPVISOR_BENCH_PEERS`,
+/// else `target/bench-peers` of this repository.
+fn peers_dir() -> PathBuf {
+    std::env::var_os("MCPVISOR_BENCH_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-peers"))
 }
 
-/// pm2 from npm into a folder under /tmp (kept between runs).
-fn install_pm2() -> Result<PathBuf, String> {
-    let dir = Path::new(BENCH_DIR).join("pm2");
-    let bin = dir.join("node_modules/.bin/pm2");
-    if !bin.exists() {
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        run_quiet(
-            Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "pm2"])
-                .current_dir(&dir),
-        )?;
+/// A peer's executable under [`peers_dir`], or why it is missing.
+fn peer(relative: &str) -> Result<PathBuf, String> {
+    let bin = peers_dir().join(relative);
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!("{} missing: run scripts/bench-setup", bin.display()))
     }
-    Ok(bin)
+}
+
+/// supervisord (PyPI `supervisor`), installed by `scripts/bench-setup`.
+fn install_supervisord() -> Result<PathBuf, String> {
+    peer("venv/bin/supervisord")
+}
+
+/// pm2 (npm), installed by `scripts/bench-setup`.
+fn install_pm2() -> Result<PathBuf, String> {
+    peer("node_modules/.bin/pm2")
 }
 
 fn bench_supervisord(exe: &Path) -> Result<Vec<f64>, String> {

@@ -39,7 +39,8 @@ impl Daemon {
             port,
             free_range(n_ports),
         );
-        let child = Proc::spawn(serve.env("MCPVISOR_LOG", "warn"));
+        // Room for 10,000 subscribers (the default is 1,024 connections).
+        let child = Proc::spawn(serve.env("MCPVISOR_LOG", "warn").env("MCPVISOR_MAX_CONNECTIONS", "12000"));
         let daemon = Daemon { child, addr: format!("127.0.0.1:{port}"), _dir: dir, http: http_client() };
         while daemon.get("/readyz").await.is_none_or(|(code, _)| code != 200) {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -170,6 +171,74 @@ async fn subscribers(n: usize, rounds: usize) {
     );
 }
 
+/// One wrk run: requests/s, p50 and p99 latency, and its raw output.
+struct WrkRun {
+    requests_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    raw: String,
+}
+
+fn wrk(url: &str, concurrency: usize, seconds: u64) -> WrkRun {
+    let args = ["-t2".to_string(), format!("-c{concurrency}"), format!("-d{seconds}s"), "--latency".into(), url.into()];
+    let out = Command::new("wrk").args(&args).output().expect("wrk runs (scripts/bench-setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |prefix: &str| {
+        text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string())).unwrap_or_default()
+    };
+    let duration = |v: String| -> Duration {
+        let (number, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let n: f64 = number.parse().unwrap_or(f64::NAN);
+        Duration::from_secs_f64(match unit {
+            "us" => n / 1e6,
+            "ms" => n / 1e3,
+            "s" => n,
+            "m" => n * 60.0,
+            _ => f64::NAN,
+        })
+    };
+    WrkRun {
+        requests_per_s: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50: duration(field("50%")),
+        p99: duration(field("99%")),
+        raw: format!("$ wrk {}\n{text}", args.join(" ")),
+    }
+}
+
+/// nginx serving `root` as static files on `port`, stopped (SIGTERM) when dropped.
+struct Nginx {
+    _child: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(root: &Path, port: u16) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("nginx.conf");
+        let d = dir.path().display();
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; worker_processes auto; user root; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{ access_log off; sendfile on; tcp_nodelay on; keepalive_requests 1000000;\n\
+                   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                   types {{ application/json json; }}\n\
+                   server {{ listen 127.0.0.1:{port}; root {}; etag on; }} }}\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = Proc::spawn(Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir.path()));
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "nginx did not start: see {d}/error.log");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Nginx { _child: child, _dir: dir }
+    }
+}
+
 async fn api(n_workspaces: u16, seconds: u64, concurrency: usize) {
     // A cheap child that never answers MCP: it stays `starting`, which is
     // all an API read needs, and 1,000 of them fit in memory.
@@ -177,99 +246,136 @@ async fn api(n_workspaces: u16, seconds: u64, concurrency: usize) {
     let names: Vec<(String, Value)> = (0..n_workspaces).map(|i| (format!("w{i:04}"), cheap.clone())).collect();
     let daemon = Daemon::start(names, n_ports(n_workspaces)).await;
     daemon.wait_all("starting", n_workspaces as usize).await;
-    let url = format!("http://{}/api/workspaces", daemon.addr);
-    let body = daemon.http.get(&url).send().await.unwrap().bytes().await.unwrap();
+    let list_url = format!("http://{}/api/workspaces", daemon.addr);
+    let one_url = format!("http://{}/api/workspaces/w0001", daemon.addr);
+    // nginx serves the same bytes as static files, in the same run.
+    let files = tempfile::tempdir().unwrap();
+    let list = daemon.http.get(&list_url).send().await.unwrap().bytes().await.unwrap();
+    let one = daemon.http.get(&one_url).send().await.unwrap().bytes().await.unwrap();
+    std::fs::write(files.path().join("list.json"), &list).unwrap();
+    std::fs::write(files.path().join("one.json"), &one).unwrap();
+    let nginx_port = free_port();
+    let _nginx = Nginx::start(files.path(), nginx_port);
 
-    // Restarts run all along: one every 10 ms.
+    // Restarts run all along, during every run: one every 10 ms.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let restarter = tokio::spawn({
         let (http, addr, stop) = (daemon.http.clone(), daemon.addr.clone(), stop.clone());
         async move {
             let mut i = 0u32;
             let mut n = 0u32;
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
                 i = (i * 7 + 13) % n_workspaces as u32;
                 let _ = http.post(format!("http://{addr}/api/workspaces/w{i:04}/restart")).send().await;
                 n += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             n
         }
     });
-
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (http, url) = (http_client(), url.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                let r = http.get(&url).send().await.unwrap();
-                let _ = r.bytes().await.unwrap();
-                latencies.push(t0.elapsed());
-            }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
+    let began = Instant::now();
+    let runs = [
+        ("list", "mcpvisor", list_url.clone()),
+        ("list", "nginx", format!("http://127.0.0.1:{nginx_port}/list.json")),
+        ("one", "mcpvisor", one_url.clone()),
+        ("one", "nginx", format!("http://127.0.0.1:{nginx_port}/one.json")),
+    ];
+    let mut results = Vec::new();
+    for (what, server, url) in runs {
+        let url2 = url.clone();
+        let run = tokio::task::spawn_blocking(move || wrk(&url2, concurrency, seconds)).await.unwrap();
+        results.push((what, server, run));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let restarts = restarter.await.unwrap();
-    all.sort();
-    println!("## GET /api/workspaces with {n_workspaces} workspaces, {concurrency} concurrent clients for {seconds} s, restarts every 10 ms");
-    println!("| figure | value |\n|---|---|");
-    println!("| response size | {} KiB |", body.len() / 1024);
-    println!("| requests/s | {:.0} |", all.len() as f64 / seconds as f64);
-    println!("| latency p50 / p99 | {} / {} |", ms(percentile(&all, 0.5)), ms(percentile(&all, 0.99)));
-    println!("| restarts issued meanwhile | {restarts} |");
-    if which("wrk") {
-        let out = Command::new("wrk")
-            .args(["-t2", &format!("-c{concurrency}"), &format!("-d{seconds}s"), "--latency", &url])
-            .output()
-            .unwrap();
-        println!(
-            "\nwrk -t2 -c{concurrency} -d{seconds}s --latency {url}\n```\n{}```",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    } else {
-        println!("(wrk not installed: `apt-get install wrk` for the same run under wrk)");
-    }
-    // The single-workspace route, for comparison.
-    let one = format!("http://{}/api/workspaces/w0001", daemon.addr);
-    let mut single = Vec::new();
-    for _ in 0..2000 {
-        let t0 = Instant::now();
-        let _ = daemon.http.get(&one).send().await.unwrap().bytes().await.unwrap();
-        single.push(t0.elapsed());
-    }
-    single.sort();
+    let elapsed = began.elapsed().as_secs_f64();
     println!(
-        "| GET /api/workspaces/{{name}} sequential p50 / p99 | {} / {} |",
-        ms(percentile(&single, 0.5)),
-        ms(percentile(&single, 0.99))
+        "## GET /api/workspaces ({} KiB) and /api/workspaces/{{name}} ({} B), {n_workspaces} workspaces, \
+         wrk -t2 -c{concurrency} -d{seconds}s, against nginx serving the same bytes, restarts every 10 ms meanwhile",
+        list.len() / 1024,
+        one.len()
     );
-}
-
-fn which(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| Path::new(&d).join(name).exists()))
+    println!("| route | server | requests/s | p50 | p99 | mcpvisor/nginx req/s | p99 ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    for pair in results.chunks(2) {
+        let [(what, _, ours), (_, _, theirs)] = pair else { unreachable!() };
+        for (_, server, run) in pair {
+            let (ratio, p99_ratio) = if *server == "mcpvisor" {
+                (
+                    format!("{:.2}", ours.requests_per_s / theirs.requests_per_s),
+                    format!("{:.2}x", ours.p99.as_secs_f64() / theirs.p99.as_secs_f64()),
+                )
+            } else {
+                ("".into(), "".into())
+            };
+            println!(
+                "| {what} | {server} | {:.0} | {} | {} | {ratio} | {p99_ratio} |",
+                run.requests_per_s,
+                ms(run.p50),
+                ms(run.p99)
+            );
+        }
+    }
+    println!("| restarts issued meanwhile | {restarts} ({:.0}/s) | | | | | |", restarts as f64 / elapsed);
+    for (_, _, run) in &results {
+        println!("\n```\n{}```", run.raw);
+    }
 }
 
 async fn idle(n: u16) {
     let names: Vec<(String, Value)> = (0..n).map(|i| (format!("d{i:03}"), demo())).collect();
     let daemon = Daemon::start(names, n_ports(n)).await;
+    // Reading the list counts as a reader of resources: the first window
+    // below has the sampler at full rate, the second has no reader at all.
     daemon.wait_all("running", n as usize).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as f64;
-    let (t0, c0) = (Instant::now(), daemon.cpu_ticks());
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    let cpu = (daemon.cpu_ticks() - c0) as f64 / ticks_per_s / t0.elapsed().as_secs_f64() * 100.0;
-    println!("## Idle daemon with {n} demo-server workspaces (probes every 10 s, sampling every 2 s)");
-    println!("| figure | value |\n|---|---|");
-    println!("| daemon RSS | {} MiB |", daemon.rss_bytes() >> 20);
-    println!("| daemon CPU over 20 s | {cpu:.2} % of one core |");
+    let window = Duration::from_secs(60);
+    let measure = |label: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let (t0, c0) = (Instant::now(), daemon.cpu_ticks());
+            tokio::time::sleep(window).await;
+            let cpu = (daemon.cpu_ticks() - c0) as f64 / ticks_per_s / t0.elapsed().as_secs_f64() * 100.0;
+            (label, cpu, daemon.rss_bytes())
+        }
+    };
+    let read = measure("the 60 s after the last read of resources (sampling every 2 s)").await;
+    let quiet = measure("the next 60 s, no reader (no sampling; probes every 10 s)").await;
+    println!("## Idle daemon with {n} running demo-server workspaces, default settings");
+    println!("| window | daemon CPU, % of one core | daemon RSS at its end |\n|---|---|---|");
+    for (label, cpu, rss) in [read, quiet] {
+        println!("| {label} | {cpu:.2} % | {:.1} MiB |", rss as f64 / (1 << 20) as f64);
+    }
+    if std::env::var_os("MCPVISOR_BENCH_PERF").is_some() {
+        profile(daemon.child.id(), 30);
+    }
+}
+
+/// `perf record` of process `pid` for `seconds`, then the top of `perf report`.
+fn profile(pid: u32, seconds: u64) {
+    let data = tempfile::NamedTempFile::new().unwrap();
+    let out = data.path().display().to_string();
+    let record = Command::new("perf")
+        .args(["record", "-F", "999", "-g", "-p", &pid.to_string(), "-o", &out, "--", "sleep", &seconds.to_string()])
+        .output();
+    if !record.is_ok_and(|r| r.status.success()) {
+        println!("(perf record failed: scripts/bench-setup installs perf; it needs root or perf_event_paranoid <= 1)");
+        return;
+    }
+    let report = Command::new("perf")
+        .args(["report", "-i", &out, "--stdio", "--no-children", "--sort", "comm,dso,symbol", "--percent-limit", "1.5"])
+        .args(["-g", "none"])
+        .output()
+        .unwrap();
+    println!("\nperf record -F 999 -g -p <daemon> -- sleep {seconds} (a third, quiet window), top symbols:\n```");
+    let report = String::from_utf8_lossy(&report.stdout);
+    for line in report.lines().map(str::trim_end).filter(|l| !l.is_empty() && !l.starts_with("# ")) {
+        // perf pads its symbol column to the widest name: cut the padding.
+        println!("{}", line.split("   ").filter(|f| !f.trim().is_empty()).collect::<Vec<_>>().join("  "));
+    }
+    println!("```");
 }
 
 #[tokio::main]

@@ -54,8 +54,14 @@ pub struct ServeConfig {
     pub mcpvisor_exe: PathBuf,
     /// Full rescans of the workspaces folder besides watcher events.
     pub rescan_every: Duration,
-    /// How often child resources are sampled.
+    /// Full rescans while the watcher works (a safety net; `rescan_every`
+    /// applies while it does not).
+    pub safety_rescan_every: Duration,
+    /// How often child resources are sampled while someone reads them.
     pub sample_every: Duration,
+    /// Children spawning or starting at once; the rest wait in `starting`
+    /// with reason `queued` (`serve --max-concurrent-starts`).
+    pub max_concurrent_starts: usize,
     /// Past events kept for `Last-Event-ID` replay.
     pub event_ring: usize,
     /// How long a proxied JSON-RPC request may wait on its child.
@@ -79,7 +85,9 @@ impl ServeConfig {
             token: None,
             mcpvisor_exe: std::env::current_exe().unwrap_or_else(|_| "mcpvisor".into()),
             rescan_every: Duration::from_secs(2),
+            safety_rescan_every: Duration::from_secs(30),
             sample_every: Duration::from_secs(2),
+            max_concurrent_starts: default_concurrent_starts(),
             event_ring: DEFAULT_RING_CAPACITY,
             proxy_timeout: http::proxy::DEFAULT_REQUEST_TIMEOUT,
             http: http::ServerLimits::default(),
@@ -87,6 +95,11 @@ impl ServeConfig {
             max_memory_mb: None,
         }
     }
+}
+
+/// The default of `--max-concurrent-starts`: four per core.
+pub fn default_concurrent_starts() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Why the daemon could not start. Each is one clear line.
@@ -203,6 +216,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         metrics,
         hubs: Arc::default(),
         history,
+        starts: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_starts.max(1))),
     });
     let guard = match process::guard::spawn(&config.mcpvisor_exe, &state_dir) {
         Ok(guard) => Some(guard),
@@ -231,6 +245,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         proxy: http::proxy::Proxy::new(bus.clone(), config.proxy_timeout, shutdown.clone()),
         writer,
         limits: http::DaemonLimits { max_workspaces: config.max_workspaces, max_memory_mb: config.max_memory_mb },
+        listing: Default::default(),
     });
     let server = tokio::spawn(http::serve(listener, http::router(app), config.http.clone(), shutdown.clone()));
     tracing::info!(%addr, workspaces = %workspaces_dir.display(), state = %state_dir.display(), "serving");
@@ -268,7 +283,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         changes_tx,
     )
     .with_requests(file_requests_receiver)
-    .with_max_workspaces(config.max_workspaces);
+    .with_max_workspaces(config.max_workspaces)
+    .with_safety_rescan(config.safety_rescan_every);
     let manager = tracker.spawn(manager.run(changes));
     tracker.spawn(resources::run_sampler(
         launcher.census(),

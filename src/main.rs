@@ -23,6 +23,8 @@ fn main() {
             log_format,
             max_workspaces,
             max_memory_mb,
+            max_concurrent_starts,
+            max_connections,
         } => {
             init_tracing(log_format);
             let mut config = mcpvisor::ServeConfig::new(workspaces, state);
@@ -31,6 +33,10 @@ fn main() {
             config.token = token;
             config.max_workspaces = max_workspaces.map(|n| n as usize);
             config.max_memory_mb = max_memory_mb;
+            config.http.max_connections = max_connections as usize;
+            if let Some(n) = max_concurrent_starts {
+                config.max_concurrent_starts = n as usize;
+            }
             runtime(true).block_on(serve(config))
         }
         client => runtime(true).block_on(run_client(client)),

@@ -18,7 +18,16 @@ use crate::process::runtime::{ProcessId, RuntimeFile};
 use crate::process::tree::{ticks_per_second, ProcInfo};
 use crate::state::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources, Timestamp};
 
-/// Samples every `every` until `cancel` fires.
+/// How often trees held by process group are recorded in `runtime.json`
+/// while no one reads resources (for the sweep after a crash).
+pub const SAFETY_SAMPLE_EVERY: Duration = Duration::from_secs(30);
+
+/// Samples every `every` while someone reads resources
+/// ([`ResourceView::wanted`]), until `cancel` fires.
+///
+/// With no reader it only records, every [`SAFETY_SAMPLE_EVERY`], the trees
+/// held by process group into `runtime.json` (a cgroup holds its tree by
+/// itself), and publishes nothing; the first read wakes it at once.
 pub async fn run_sampler(
     census: Arc<Census>,
     runtime: RuntimeFile,
@@ -27,12 +36,29 @@ pub async fn run_sampler(
     cancel: CancellationToken,
 ) {
     let mut cpu = CpuMeter::default();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
+        let wanted = view.wanted();
+        let wait = if first {
+            Duration::ZERO
+        } else if wanted {
+            every
+        } else {
+            SAFETY_SAMPLE_EVERY.max(every)
+        };
+        first = false;
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(wait) => {}
+            () = view.demand_returns(), if !wanted => {}
+        }
+        let wanted = view.wanted();
+        let mut trees = census.trees();
+        if !wanted {
+            trees.retain(|t| t.isolation() == Isolation::ProcessGroup);
+            if trees.is_empty() {
+                continue;
+            }
         }
         let trees = census.trees();
         // /proc is read synchronously; keep that off the async workers.
@@ -61,7 +87,9 @@ pub async fn run_sampler(
                 .collect();
             runtime.set_tree(&tree.workspace, others);
         }
-        view.publish(sample);
+        if wanted {
+            view.publish(sample);
+        }
     }
 }
 
@@ -113,6 +141,27 @@ impl CpuMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn resources_are_sampled_only_while_someone_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let view = Arc::new(ResourceView::default());
+        let cancel = CancellationToken::new();
+        let every = Duration::from_millis(10);
+        let runtime = RuntimeFile::new(dir.path(), vec![], Default::default());
+        let sampler = tokio::spawn(run_sampler(Arc::default(), runtime, view.clone(), every, cancel.clone()));
+        // Twenty sampling periods with no reader publish nothing.
+        tokio::time::sleep(every * 20).await;
+        assert_eq!(view.peek().sampled_at, None, "sampled with no reader");
+        view.want();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while view.peek().sampled_at.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "no sample after a read");
+            tokio::time::sleep(every).await;
+        }
+        cancel.cancel();
+        sampler.await.unwrap();
+    }
 
     fn process(pid: i32, cpu_ticks: u64, rss_pages: u64) -> ProcInfo {
         ProcInfo { pid, ppid: 1, pgrp: pid, session: pid, start_time: 7, zombie: false, cpu_ticks, rss_pages }

@@ -267,6 +267,7 @@ impl Hub {
         };
         let budget = entry.budget.clone();
         routing.sessions.insert(id, entry);
+        super::sessions_changed();
         Ok(HubSession { hub: self.clone(), id, shared, budget })
     }
 
@@ -281,6 +282,7 @@ impl Hub {
     fn end_session(&self, id: u64, reason: &str) {
         let mut routing = self.routing.lock().unwrap();
         let Some(entry) = routing.sessions.remove(&id) else { return };
+        super::sessions_changed();
         let _ = entry.shared.reason.set(reason.to_string());
         entry.shared.closed.cancel();
         if self.is_closed() {

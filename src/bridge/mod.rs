@@ -19,6 +19,7 @@ mod pool;
 mod upstream;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::state::StdioSessions;
@@ -29,6 +30,20 @@ pub use hub::{BridgeError, Hub, HubSession};
 pub use message::{kind, Kind};
 pub use pool::{PoolSpec, PooledSession, SessionPool};
 pub use upstream::Upstream;
+
+/// Counts every change of the client sessions a status shows
+/// ([`Hubs::sessions`]), so a reader that caches rendered statuses knows
+/// when to render them again.
+static SESSIONS_CHANGED: AtomicU64 = AtomicU64::new(0);
+
+fn sessions_changed() {
+    SESSIONS_CHANGED.fetch_add(1, Ordering::Release);
+}
+
+/// How many times the client sessions a status shows have changed.
+pub fn sessions_version() -> u64 {
+    SESSIONS_CHANGED.load(Ordering::Acquire)
+}
 
 /// The hub of each workspace's current stdio child.
 ///
@@ -47,6 +62,7 @@ impl Hubs {
         if let Some(old) = self.table.lock().unwrap().insert(hub.workspace.clone(), hub) {
             old.close();
         }
+        sessions_changed();
     }
 
     /// The hub of `workspace`'s child `pid`, if it is still open.
@@ -70,6 +86,7 @@ impl Hubs {
                 pool.close();
             }
         }
+        sessions_changed();
     }
 
     /// Records the session pool of a `per-session` workspace's run.
@@ -77,6 +94,7 @@ impl Hubs {
         if let Some(old) = self.pools.lock().unwrap().insert(pool.workspace.clone(), pool) {
             old.close();
         }
+        sessions_changed();
     }
 
     /// The session pool of `workspace`'s child `pid`, if it is `per-session`.

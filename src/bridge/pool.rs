@@ -141,6 +141,7 @@ impl SessionPool {
         };
         let hub = Hub::start(&self.workspace, pid, pipes, self.spec.logs.clone(), self.spec.protocol_errors.clone());
         self.live.lock().unwrap().push((n, pid));
+        super::sessions_changed();
         tokio::spawn(self.clone().supervise(n, key, child, hub.clone(), stop.clone(), last_used.clone(), started));
         if let Err(e) = hub.initialize(self.spec.startup_timeout).await {
             stop.cancel();
@@ -192,6 +193,7 @@ impl SessionPool {
         child.wait_gone().await;
         self.spec.runtime.remove(&key);
         self.live.lock().unwrap().retain(|(m, _)| *m != n);
+        super::sessions_changed();
         self.n_live.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -47,6 +47,14 @@ pub enum CliCommand {
         /// The most RSS (MiB) all child trees may use together; above it the largest restarts.
         #[arg(long, env = "MCPVISOR_MAX_MEMORY_MB", value_parser = clap::value_parser!(u64).range(1..))]
         max_memory_mb: Option<u64>,
+        /// Children spawning or starting up at once; the rest wait in
+        /// `starting` with reason `queued`. Default: four per core.
+        #[arg(long, env = "MCPVISOR_MAX_CONCURRENT_STARTS", value_parser = clap::value_parser!(u32).range(1..))]
+        max_concurrent_starts: Option<u32>,
+        /// Most HTTP connections open at once (SSE subscribers included);
+        /// past it a connection gets 503 and is closed.
+        #[arg(long, env = "MCPVISOR_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+        max_connections: u32,
     },
     /// Check workspace files (or folders of them); exit 1 if any is invalid.
     Validate {

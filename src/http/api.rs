@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use serde_json::json;
 use futures::StreamExt;
 
 use super::error::Query;
-use super::{sse, ApiError, AppState};
+use super::{listing, sse, ApiError, AppState};
 use crate::sse::Frame;
 use crate::state::{WorkspaceRecord, WorkspaceStatus};
 use crate::supervisor::actor::{Command, SendError};
@@ -50,30 +50,48 @@ pub struct WorkspaceList {
     pub workspaces: Vec<WorkspaceStatus>,
 }
 
-/// `GET /api/workspaces`, sorted by name (the snapshot is a `BTreeMap`).
-pub async fn list(State(state): State<Arc<AppState>>) -> Json<WorkspaceList> {
-    let now = SystemTime::now();
-    let snapshot = state.ctx.bus.view().load();
-    let sample = state.resources.load();
-    let workspaces = snapshot
-        .workspaces
-        .values()
-        .map(|r| {
-            let mut status = r.render(now);
-            status.resources = sample.children.get(&status.workspace).copied();
-            status.stdio = state.ctx.hubs.sessions(&status.workspace);
-            status
-        })
-        .collect();
-    Json(WorkspaceList { workspaces })
+/// `?status=a,b&name=prefix*` of `GET /api/workspaces`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    name: Option<String>,
 }
 
+/// `GET /api/workspaces`, sorted by name, optionally filtered by status and
+/// name (`?status=error,starting&name=dev*`). Served from the shared
+/// rendering ([`listing`]): with `If-None-Match` naming its `ETag`, a 304.
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let filter = listing::Filter::parse(query.status.as_deref(), query.name.as_deref())
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message))?;
+    let generation = current(&state);
+    let rendered = if filter.is_empty() {
+        generation.full()
+    } else {
+        listing::list(generation.pieces.iter().filter(|(name, p)| filter.matches(name, p.status)).map(|(_, p)| &**p))
+    };
+    Ok(listing::respond(&headers, rendered))
+}
+
+/// The shared rendering of the latest snapshot and resource sample. Reading
+/// it counts as a reader of resources, which keeps the sampler going.
+fn current(state: &AppState) -> Arc<listing::Generation> {
+    let snapshot = state.ctx.bus.view().load_full();
+    state.listing.get(&snapshot, &state.resources.load(), &state.ctx.hubs)
+}
+
+/// `GET /api/workspaces/{name}`: one piece of the shared rendering, with its `ETag`.
 pub async fn one(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-) -> Result<Json<WorkspaceStatus>, ApiError> {
-    let record = state.ctx.bus.view().get(&name).ok_or_else(|| ApiError::unknown_workspace(&name))?;
-    Ok(Json(render(&state, &record, SystemTime::now())))
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let generation = current(&state);
+    let piece = generation.pieces.get(&name).ok_or_else(|| ApiError::unknown_workspace(&name))?;
+    Ok(listing::respond(&headers, listing::Rendered { body: piece.json.clone(), etag: piece.etag() }))
 }
 
 /// `POST /api/workspaces/{name}/start|stop|restart`: queues the command and

@@ -10,8 +10,10 @@ mod config_api;
 mod dashboard;
 mod debug;
 pub(crate) mod error;
+mod first_request;
 mod guard;
 mod holding;
+pub mod listing;
 pub mod proxy;
 mod server;
 pub(crate) mod sse;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub writer: Arc<crate::supervisor::writes::ConfigWriter>,
     /// `serve --max-workspaces` and `--max-memory-mb`, for the debug view.
     pub limits: DaemonLimits,
+    /// The statuses rendered once per snapshot, shared by every read.
+    pub listing: listing::Listing,
 }
 
 /// The daemon-wide limits of `serve` (docs/reference.md §10).
@@ -60,6 +64,16 @@ pub struct DaemonLimits {
     pub max_memory_mb: Option<u64>,
 }
 
+/// `GET /api/workspaces` and `/api/workspaces/{name}`: shared bytes,
+/// compressed when the client asks, with the coding in the `ETag`.
+fn status_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/workspaces", get(api::list))
+        .route("/api/workspaces/{name}", get(api::one))
+        .layer(tower_http::compression::CompressionLayer::new())
+        .layer(axum::middleware::from_fn(listing::tag_coding))
+}
+
 /// Builds the router over `state`; tests drive it with `oneshot`. Every
 /// request passes [`guard::check`]; every error answer is JSON
 /// ([`error::json_errors`]).
@@ -67,8 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/api/workspaces", get(api::list))
-        .route("/api/workspaces/{name}", get(api::one))
+        .merge(status_routes())
         .route("/api/workspaces/{name}/logs", get(api::logs))
         .route("/api/workspaces/{name}/events", get(sse::workspace_events))
         .route("/api/workspaces/{name}/{action}", post(api::command))

@@ -12,6 +12,9 @@
 //! - a place among at most `max_connections`: past it, a connection is
 //!   answered 503 (JSON) and closed.
 //!
+//! A connection whose first request is an event stream is served without
+//! hyper, by [`first_request`], which keeps no buffers for it.
+//!
 //! At shutdown the listener closes, every connection finishes the request
 //! it is serving and closes, and those still open after [`DRAIN_TIME`] are
 //! dropped.
@@ -40,6 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::first_request::{self, First};
 use super::holding::Holding;
 use super::ApiError;
 
@@ -144,9 +148,24 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(self, stream: TcpStream, _permit: OwnedSemaphorePermit, shutdown: CancellationToken) {
+    async fn run(self, mut stream: TcpStream, _permit: OwnedSemaphorePermit, shutdown: CancellationToken) {
+        let (idle, head) = (self.limits.idle_timeout, self.limits.header_read_timeout);
+        let first = tokio::select! {
+            first = first_request::read(&mut stream, idle, head) => first,
+            _ = shutdown.cancelled() => return,
+        };
+        let prefix = match first {
+            First::Gone => return,
+            First::Stream(mut request) => {
+                request.extensions_mut().insert(ConnectInfo(self.peer));
+                let response = self.router.oneshot(request).await.unwrap_or_else(|never| match never {});
+                first_request::serve_stream(stream, response).await;
+                return;
+            }
+            First::Other(prefix) => prefix,
+        };
         let activity = Arc::new(Activity::new());
-        let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
+        let io = TokioIo::new(Watched { prefix, inner: stream, activity: activity.clone() });
         let (router, peer, requests) = (self.router, self.peer, activity.clone());
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             let in_flight = InFlight::start(&requests);
@@ -262,14 +281,26 @@ impl Drop for InFlight {
     }
 }
 
-/// The connection's socket, noting when bytes arrive.
+/// The connection's socket, noting when bytes arrive, with the bytes
+/// [`first_request::read`] took from it in front.
 struct Watched {
+    prefix: bytes::BytesMut,
     inner: TcpStream,
     activity: Arc<Activity>,
 }
 
 impl AsyncRead for Watched {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            if self.prefix.is_empty() {
+                // Give the buffer back.
+                self.prefix = bytes::BytesMut::new();
+            }
+            self.activity.read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

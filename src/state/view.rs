@@ -33,6 +33,11 @@ impl StateView {
         self.current.load()
     }
 
+    /// The latest snapshot as an owned `Arc`, to keep or compare by pointer.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<WorkspaceRecord>> {
         self.current.load().workspaces.get(name).cloned()
     }

@@ -68,6 +68,8 @@ pub struct Manager {
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) rescan_every: Duration,
+    /// Rescans while the watcher works: a slow safety net ([`Self::with_safety_rescan`]).
+    pub(crate) safety_rescan_every: Duration,
     pub(crate) watcher: Option<crate::config::ConfigWatcher>,
     /// Feeds the change channel, to rescan once a fresh file has settled.
     settle_sender: mpsc::Sender<()>,
@@ -118,6 +120,7 @@ impl Manager {
             cancel,
             tracker,
             rescan_every,
+            safety_rescan_every: rescan_every,
             watcher,
             settle_sender,
             applied: HashMap::new(),
@@ -140,6 +143,25 @@ impl Manager {
     pub(crate) fn with_max_workspaces(mut self, max: Option<usize>) -> Manager {
         self.max_workspaces = max;
         self
+    }
+
+    /// Rescans only every `every` while the watcher works and no watch error
+    /// stands; `rescan_every` applies otherwise.
+    pub(crate) fn with_safety_rescan(mut self, every: Duration) -> Manager {
+        self.safety_rescan_every = every.max(self.rescan_every);
+        self
+    }
+
+    /// How long until the next full rescan: short while the watcher is
+    /// missing or reports an error, or a file could not be read (it is
+    /// tried again soon); long while all is well.
+    fn rescan_wait(&self) -> Duration {
+        let watching = self.watcher.is_some() && self.registry.watch_error.read().unwrap().is_none();
+        if watching && self.reported.unreadable.is_empty() {
+            self.safety_rescan_every
+        } else {
+            self.rescan_every
+        }
     }
 
     /// Loads every file, marks the daemon ready, then reconciles on each
@@ -166,8 +188,6 @@ impl Manager {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "initial load done"
         );
-        let mut rescan = tokio::time::interval(self.rescan_every);
-        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut requests = self.requests.take();
         loop {
             let request = async {
@@ -183,7 +203,7 @@ impl Manager {
                     continue;
                 }
                 Some(()) = changes.recv() => {}
-                _ = rescan.tick() => {}
+                () = tokio::time::sleep(self.rescan_wait()) => {}
             }
             if let Some(watcher) = self.watcher.as_mut() {
                 watcher.ensure();

@@ -35,6 +35,9 @@ pub struct SupervisorContext {
     pub hubs: Arc<crate::bridge::Hubs>,
     /// The config history (`state/history/`); writes never wait.
     pub history: crate::history::History,
+    /// Start slots shared by every actor (`--max-concurrent-starts`): one
+    /// is held from a spawn until the child is ready or failed.
+    pub starts: Arc<tokio::sync::Semaphore>,
 }
 
 /// A workspace's handle and log sink, as the HTTP layer reaches them.

@@ -140,6 +140,8 @@ impl Daemon {
         config.port_range = range.0..=range.1;
         config.mcpvisor_exe = MCPVISOR.into();
         config.rescan_every = Duration::from_millis(500);
+        // Tests count scans (`wait_scans`); the slow safety rescan would make them wait.
+        config.safety_rescan_every = Duration::from_millis(500);
         config.sample_every = Duration::from_millis(500);
         configure(&mut config);
         let shutdown = CancellationToken::new();

@@ -44,6 +44,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use body::MAX_BODY;
 pub use connections::Connections;
+/// The JSON-RPC id peek of the proxy's hot path, for `benches/hot_paths.rs`.
+#[doc(hidden)]
+pub use jsonrpc::peek as peek_jsonrpc;
 pub use legacy::{messages as legacy_messages, sse as legacy_sse};
 pub use streamable::mcp;
 

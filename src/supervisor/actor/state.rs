@@ -103,6 +103,11 @@ pub enum Input {
     Shutdown,
     /// The answer to [`Effect::Spawn`]; the driver sends it before anything else.
     Spawned { child: ChildId, result: Result<Spawned, SpawnFailure> },
+    /// The other answer to [`Effect::Spawn`]: every start slot is taken
+    /// (`--max-concurrent-starts`), so the start waits in `starting`.
+    Queued { child: ChildId },
+    /// A start slot is free for the queued `child`: spawn it now.
+    Slot { child: ChildId },
     /// The child's main process exited; `oom_killed` when the kernel killed
     /// a member of its tree for passing the memory limit.
     Exited { child: ChildId, exit: ExitInfo, oom_killed: bool },
@@ -275,8 +280,12 @@ impl Then {
 enum State {
     /// No child and none wanted.
     Stopped,
-    /// [`Effect::Spawn`] is out; [`Input::Spawned`] comes next. Lasts no other input.
+    /// [`Effect::Spawn`] is out; [`Input::Spawned`] or [`Input::Queued`]
+    /// comes next. Lasts no other input.
     Spawning { id: ChildId, from: Status, reason: &'static str },
+    /// Waiting for a start slot; [`Input::Slot`] spawns child `id`. Shows
+    /// as `starting` (reason `queued`); no child exists yet.
+    Queued { id: ChildId, reason: &'static str },
     /// The child runs and is probed for readiness until `deadline`.
     Starting { child: Run, spawned_at: Instant, deadline: Instant },
     /// The child answered its readiness probe.
@@ -310,7 +319,7 @@ impl State {
             State::Stopped => Status::Stopped,
             // Nothing is published between a spawn and its answer.
             State::Spawning { from, .. } => *from,
-            State::Starting { .. } => Status::Starting,
+            State::Starting { .. } | State::Queued { .. } => Status::Starting,
             State::Running { .. } => Status::Running,
             State::Stopping { .. } => Status::Stopping,
             State::Reaping { next, .. } => next.status(),
@@ -488,6 +497,20 @@ impl Core {
         [sample, own].into_iter().flatten().min()
     }
 
+    /// The child waiting for a start slot, if any.
+    pub fn queued(&self) -> Option<ChildId> {
+        match self.supervised()?.state {
+            State::Queued { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// Whether a start is under way (spawning, or starting up until ready):
+    /// what holds a start slot.
+    pub fn holds_start_slot(&self) -> bool {
+        self.supervised().is_some_and(|ws| matches!(ws.state, State::Spawning { .. } | State::Starting { .. }))
+    }
+
     /// What the core knows now, for a record.
     pub fn view(&self) -> View {
         match &self.workspace {
@@ -531,6 +554,8 @@ impl Core {
             Input::Remove => self.on_finish(true, "removed", now, &mut out),
             Input::Shutdown => self.on_finish(false, "shutdown", now, &mut out),
             Input::Spawned { child, result } => self.on_spawned(child, result, now, &mut out),
+            Input::Queued { child } => self.on_queued(child, &mut out),
+            Input::Slot { child } => self.on_slot(child, &mut out),
             Input::Exited { child, exit, oom_killed } => self.on_exited(child, exit, oom_killed, now, &mut out),
             Input::Gone { child } => self.on_gone(child, now, &mut out),
             Input::Probe { child, kind, result } => self.on_probe(child, kind, result, now, &mut out),
@@ -568,6 +593,16 @@ impl Core {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A number in [0, 1) fixed for child `id`, to spread probes; unlike
+    /// [`Self::jitter`] it leaves the backoff jitter's sequence alone.
+    fn spread(&self, id: ChildId) -> f64 {
+        let mut x = self.rng ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Publishes the current view with a transition from `from`.
@@ -754,7 +789,7 @@ impl Core {
         ws.breaker.close();
         ws.backoff.reset();
         match &mut ws.state {
-            State::Starting { .. } | State::Running { .. } | State::Spawning { .. } => {
+            State::Starting { .. } | State::Running { .. } | State::Spawning { .. } | State::Queued { .. } => {
                 out.push(Effect::Noop(true));
                 self.update(out);
             }
@@ -809,7 +844,7 @@ impl Core {
                 self.go(State::Stopping { child, kill_at: None, reason, then }, reason, out);
             }
             State::Spawning { .. } => debug_assert!(false, "no input between spawn and spawned"),
-            State::Stopped | State::Backoff { .. } | State::Open { .. } | State::Failed => {
+            State::Stopped | State::Backoff { .. } | State::Open { .. } | State::Failed | State::Queued { .. } => {
                 if ws.state != State::Stopped {
                     self.go(State::Stopped, reason, out);
                 }
@@ -850,7 +885,7 @@ impl Core {
         };
         let wakes = lifecycle::wakes_on_demand(&ws.config, ws.parked);
         match &mut ws.state {
-            State::Spawning { .. } | State::Starting { .. } | State::Running { .. } => {
+            State::Spawning { .. } | State::Queued { .. } | State::Starting { .. } | State::Running { .. } => {
                 out.push(Effect::Demanded(true));
             }
             State::Stopping { then: Then::Start { .. }, .. } => out.push(Effect::Demanded(true)),
@@ -1053,6 +1088,26 @@ impl Core {
         }
     }
 
+    fn on_queued(&mut self, id: ChildId, out: &mut Vec<Effect>) {
+        let Some(ws) = self.ws() else { return };
+        let State::Spawning { id: expected, from, reason } = ws.state else { return };
+        if expected != id {
+            return;
+        }
+        ws.state = State::Queued { id, reason };
+        self.publish(out, from, "queued");
+    }
+
+    fn on_slot(&mut self, id: ChildId, out: &mut Vec<Effect>) {
+        let Some(ws) = self.ws() else { return };
+        let State::Queued { id: expected, reason } = ws.state else { return };
+        if expected != id {
+            return;
+        }
+        ws.state = State::Spawning { id, from: Status::Starting, reason };
+        out.push(Effect::Spawn { child: id, config: ws.config.clone() });
+    }
+
     fn on_exited(&mut self, id: ChildId, exit: ExitInfo, oom_killed: bool, now: Instant, out: &mut Vec<Effect>) {
         let Some(ws) = self.ws() else { return };
         let Some(child) = ws.state.child_mut().filter(|c| c.id == id && !c.exited) else { return };
@@ -1121,6 +1176,7 @@ impl Core {
         now: Instant,
         out: &mut Vec<Effect>,
     ) {
+        let spread = self.spread(id);
         let Some(ws) = self.ws() else { return };
         let threshold = ws.config.health.failure_threshold.max(1);
         let (interval, stable_after) = (ws.config.health.interval, ws.config.restart.stable_after);
@@ -1133,7 +1189,9 @@ impl Core {
                         child,
                         since: now,
                         stable_at: Some(now + stable_after),
-                        probe_at: Some(now + interval),
+                        // Children started together are probed apart: the first
+                        // liveness probe comes after half to all of the interval.
+                        probe_at: Some(now + interval.mul_f64(0.5 + 0.5 * spread)),
                         failures: 0,
                     };
                     out.push(Effect::Ready { after });

@@ -70,6 +70,7 @@ pub fn spawn(
         removed: None,
         waiters: Vec::new(),
         last_verdict: None,
+        slot: None,
     };
     tracker.spawn(driver.run().instrument(span));
     WorkspaceHandle::new(sender, activity)
@@ -113,6 +114,22 @@ struct Driver {
     waiters: Vec<(String, oneshot::Sender<Verdict>)>,
     /// The last verdict, for a waiter that comes after it.
     last_verdict: Option<(String, Verdict)>,
+    /// The start slot held from spawn until the child is ready or failed
+    /// (`--max-concurrent-starts`).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A start slot for the queued child, once one is free; pending otherwise.
+async fn free_slot(
+    starts: &Arc<tokio::sync::Semaphore>,
+    queued: Option<ChildId>,
+) -> (ChildId, tokio::sync::OwnedSemaphorePermit) {
+    let Some(child) = queued else { return std::future::pending().await };
+    match starts.clone().acquire_owned().await {
+        Ok(permit) => (child, permit),
+        // The semaphore is never closed.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -143,6 +160,9 @@ impl Driver {
             }
             let effects = self.core.step(input, Instant::now());
             self.perform(effects, reply).await;
+            if !self.core.holds_start_slot() {
+                self.slot = None;
+            }
         }
     }
 
@@ -159,6 +179,10 @@ impl Driver {
             _ = self.cancel.cancelled(), if accepting => None,
             command = self.commands.recv(), if accepting => command.map(Ok),
             input = watch_child(self.child.as_mut()) => Some(Err(input)),
+            (child, permit) = free_slot(&self.ctx.starts, self.core.queued()) => {
+                self.slot = Some(permit);
+                Some(Err(Input::Slot { child }))
+            }
             Some(input) = self.results.recv() => Some(Err(input)),
             () = sleep_until(deadline) => Some(Err(Input::Tick)),
         };
@@ -317,6 +341,12 @@ impl Driver {
     /// Allocates the port and starts the child; the answer for the core.
     async fn spawn_child(&mut self, id: ChildId, config: &WorkspaceConfig) -> Input {
         debug_assert!(self.child.is_none(), "the core spawns only once the old tree is gone");
+        if self.slot.is_none() {
+            match self.ctx.starts.clone().try_acquire_owned() {
+                Ok(permit) => self.slot = Some(permit),
+                Err(_) => return Input::Queued { child: id },
+            }
+        }
         let port = match self.ctx.ports.acquire(&self.name) {
             Ok(port) => port,
             Err(e) => {

@@ -637,7 +637,11 @@ fn idle_for_idle_stop_stops_with_reason_idle_without_a_failure_and_a_demand_wake
     let (mut bench, _) = Bench::new(lazy(r#"{"idleStop": "2s"}"#));
     bench.ready();
     let since = bench.now;
-    assert_eq!(bench.core.next_deadline(), Some(since + Duration::from_secs(1)), "the liveness probe first");
+    // The first liveness probe comes first (spread within its interval).
+    assert!(
+        bench.core.next_deadline().is_some_and(|at| at <= since + Duration::from_secs(1)),
+        "the liveness probe first"
+    );
     bench.advance(Duration::from_secs(1));
     bench.liveness(true);
     let effects = bench.advance(Duration::from_secs(1));
@@ -695,6 +699,48 @@ fn a_demand_during_an_idle_stop_starts_the_child_again_once_it_is_gone() {
     assert_eq!(demanded(&bench.step(Input::Demand)), Some(false));
 }
 
+#[test]
+fn a_start_without_a_free_slot_waits_queued_then_spawns() {
+    let mut core = Core::new(Ok((quick(), "v1".into())), 1);
+    let now = Instant::now();
+    let Some(Effect::Spawn { child, .. }) = core.boot().pop() else { panic!("boot spawns") };
+    assert!(core.holds_start_slot());
+    let effects = core.step(Input::Queued { child }, now);
+    assert_eq!(moves(&effects), ["stopped>starting:queued"]);
+    assert_eq!((core.queued(), core.holds_start_slot(), core.view().pid), (Some(child), false, None));
+    assert_eq!(core.next_deadline(), None, "a queued start has no startup deadline yet");
+    // A start while queued changes nothing; a slot for another child neither.
+    assert!(has(&core.step(Input::Start, now), |e| matches!(e, Effect::Noop(true))));
+    assert!(core.step(Input::Slot { child: child + 1 }, now).is_empty());
+    let effects = core.step(Input::Slot { child }, now);
+    assert_eq!(spawns(&effects), 1);
+    assert!(moves(&effects).is_empty(), "nothing is published between the slot and the spawn");
+    let spawned = Spawned { pid: 7, pgid: 7, port: 1, isolation: Isolation::Cgroup, memory_enforced: false };
+    let effects = core.step(Input::Spawned { child, result: Ok(spawned) }, now);
+    assert_eq!(moves(&effects), ["starting>starting:start"]);
+    assert_eq!(core.view().pid, Some(7));
+    assert!(core.holds_start_slot(), "the slot is held until ready");
+    core.step(Input::Probe { child, kind: ProbeKind::Readiness, result: Ok(()) }, now);
+    assert_eq!((core.status(), core.holds_start_slot()), (Status::Running, false));
+}
+
+#[test]
+fn a_stop_or_restart_while_queued_leaves_the_queue() {
+    let mut core = Core::new(Ok((quick(), "v1".into())), 1);
+    let now = Instant::now();
+    let Some(Effect::Spawn { child, .. }) = core.boot().pop() else { panic!("boot spawns") };
+    core.step(Input::Queued { child }, now);
+    let effects = core.step(Input::Stop, now);
+    assert_eq!(moves(&effects), ["starting>stopped:stop"]);
+    assert_eq!(core.queued(), None);
+    assert!(core.step(Input::Slot { child }, now).is_empty(), "a late slot spawns nothing");
+    let Some(Effect::Spawn { child, .. }) = core.step(Input::Start, now).pop() else { panic!("start spawns") };
+    core.step(Input::Queued { child }, now);
+    let effects = core.step(Input::Restart, now);
+    assert_eq!(moves(&effects), ["starting>stopped:restart"]);
+    assert_eq!(spawns(&effects), 1, "the restart asks for a new slot");
+}
+
 mod invariants {
     //! Random sequences of commands, exits, probe results, config changes
     //! and timer firings against the invariants of the state module.
@@ -727,6 +773,8 @@ mod invariants {
             recent: bool,
         },
         DaemonMemory,
+        SlotsFull(bool),
+        GrantSlot,
     }
 
     fn action() -> impl Strategy<Value = Action> {
@@ -749,6 +797,8 @@ mod invariants {
             3 => Just(Action::Demand),
             3 => (any::<bool>(), any::<bool>()).prop_map(|(open, recent)| Action::ActivityAnswer { open, recent }),
             1 => Just(Action::DaemonMemory),
+            2 => any::<bool>().prop_map(Action::SlotsFull),
+            3 => Just(Action::GrantSlot),
         ]
     }
 
@@ -800,6 +850,12 @@ mod invariants {
         idle_stopped: bool,
         /// Versions whose config was in force while the child ran.
         ran: std::collections::HashSet<String>,
+        /// Every start slot is taken: spawns are answered `Queued`.
+        slots_full: bool,
+        /// Children answered `Queued`, oldest first.
+        queued: Vec<ChildId>,
+        /// The child given a slot: its spawn goes ahead, as the driver's does.
+        granted: Option<ChildId>,
     }
 
     struct Run {
@@ -816,6 +872,7 @@ mod invariants {
                 Input::Probe { kind: ProbeKind::Readiness, result: Ok(()), child }
                     if self.world.live.is_some_and(|(id, _)| id == *child)
             );
+            let stale_slot = matches!(&input, Input::Slot { child } if self.core.queued() != Some(*child));
             let before = self.core.status();
             let (demand, answer_open) = match &input {
                 Input::Demand => (true, None),
@@ -825,6 +882,8 @@ mod invariants {
             let view_before = self.core.view();
             let effects = self.core.step(input, self.now);
             let after = self.core.status();
+            prop_assert!(!stale_slot || effects.is_empty(), "a slot for no queued child did something: {:?}", effects);
+            prop_assert!(self.core.queued().is_none() || after == Status::Starting, "queued but {}", after);
             check_chain(&effects, before, after)?;
             if demand && spawns(&effects) > 0 {
                 let config = view_before.config.as_ref().expect("a spawn needs a config");
@@ -874,9 +933,15 @@ mod invariants {
                         prop_assert!(self.world.wanted, "spawn after a stop, with no start since");
                         prop_assert!(breaker != BreakerState::Open, "spawn while the breaker is open");
                         self.world.idle_stopped = false;
-                        if breaker == BreakerState::HalfOpen {
+                        // A queued trial that got its slot is the same trial.
+                        if breaker == BreakerState::HalfOpen && self.world.granted != Some(child) {
                             self.world.half_open_trials += 1;
                             prop_assert!(self.world.half_open_trials <= 1, "a second half-open trial");
+                        }
+                        if self.world.slots_full && self.world.granted != Some(child) {
+                            self.world.queued.push(child);
+                            self.step(Input::Queued { child })?;
+                            continue;
                         }
                         let result = if self.world.fail_spawns {
                             Err(SpawnFailure { kind: "not found", message: "x".into(), port: None })
@@ -1035,6 +1100,14 @@ mod invariants {
                     }
                     Action::FailSpawns(fail) => run.world.fail_spawns = fail,
                     Action::DaemonMemory => run.step(Input::OverDaemonMemory { message: "over".into() })?,
+                    Action::SlotsFull(full) => run.world.slots_full = full,
+                    Action::GrantSlot => {
+                        if !run.world.queued.is_empty() {
+                            let child = run.world.queued.remove(0);
+                            run.world.granted = Some(child);
+                            run.step(Input::Slot { child })?;
+                        }
+                    }
                     Action::Remove => {
                         run.world.wanted = false;
                         run.step(Input::Remove)?;
@@ -1174,6 +1247,7 @@ mod driver {
             hubs: Arc::default(),
             // Its writer never runs: these tests keep no history.
             history: crate::history::History::new(&dir.path().join("history")).0,
+            starts: Arc::new(tokio::sync::Semaphore::new(4)),
         });
         let logs = LogSink::open(&dir.path().join("logs"), "dev");
         let handle = actor::spawn(

@@ -1,0 +1,207 @@
+//! The first request of a connection, read before hyper sees it, so that
+//! an event stream can be served without hyper's per-connection buffers.
+//!
+//! hyper's HTTP/1 connection keeps an 8 KiB read buffer and an 8 KiB
+//! header write buffer for as long as it lives, and its builder cannot
+//! shrink them: 16 KiB for every open SSE subscriber. A subscriber's
+//! connection needs neither once its request is read: it only writes frames
+//! that are already encoded. So each connection's first request head is
+//! read here, into a small buffer; a plain `GET` of an event stream
+//! (`/api/events`, `/api/workspaces/{name}/events`) goes through the router
+//! as usual, and its response is written here, chunked, with
+//! `Connection: close`, while the socket is watched only for the client
+//! closing it. Every other request, and anything this reader does not fully
+//! understand, is handed to hyper with the bytes already read in front
+//! (see `server.rs`'s `Watched`), exactly as if it had read them itself.
+
+use std::io::IoSlice;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, Request, Response, Version};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Most bytes read while looking for the end of the first request head;
+/// past it, hyper takes over (and answers 431 where that is due).
+const PEEK_LIMIT: usize = 16 << 10;
+/// Most headers the first request may have here; more go to hyper.
+const MAX_HEADERS: usize = 64;
+
+/// What reading the first request gave.
+pub enum First {
+    /// An event-stream request, parsed; serve it with [`serve_stream`].
+    Stream(Request<Body>),
+    /// Anything else: hyper serves the connection, these bytes first.
+    Other(BytesMut),
+    /// The client closed the connection, or was idle or slow past its
+    /// timeout: nothing to serve.
+    Gone,
+}
+
+/// Reads the first request head of `stream`: waiting at most `idle` for
+/// its first byte, then at most `head_timeout` for the rest.
+pub async fn read(stream: &mut TcpStream, idle: Duration, head_timeout: Duration) -> First {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut deadline = tokio::time::Instant::now() + idle;
+    loop {
+        if buf.len() >= PEEK_LIMIT {
+            return First::Other(buf);
+        }
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len());
+        }
+        let started = !buf.is_empty();
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) if started => return First::Other(buf),
+            // Closed, failed, idle too long, or too slow to send its head.
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return First::Gone,
+            Ok(Ok(_)) => {}
+        }
+        if !started {
+            // The first bytes arrived: the rest of the head has `head_timeout`.
+            deadline = tokio::time::Instant::now() + head_timeout;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(len)) if len == buf.len() => {
+                return match stream_request(&parsed) {
+                    Some(request) => First::Stream(request),
+                    None => First::Other(buf),
+                };
+            }
+            // Bytes past the head (a body, a pipelined request), or a head
+            // hyper should judge: hyper's.
+            Ok(httparse::Status::Complete(_)) | Err(_) => return First::Other(buf),
+        }
+    }
+}
+
+/// The request, if it is a body-less HTTP/1.1 `GET` of an event stream.
+fn stream_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return None;
+    }
+    let path = parsed.path?;
+    let route = path.split('?').next().unwrap_or(path);
+    let is_stream = route == "/api/events"
+        || route
+            .strip_prefix("/api/workspaces/")
+            .and_then(|r| r.strip_suffix("/events"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'));
+    if !is_stream {
+        return None;
+    }
+    let mut request = Request::builder().method(Method::GET).uri(path).version(Version::HTTP_11);
+    for h in parsed.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        // A body, or a switch of protocol, is hyper's to handle.
+        if matches!(name.as_str(), "content-length" | "transfer-encoding" | "upgrade" | "expect") {
+            return None;
+        }
+        request = request.header(h.name, HeaderValue::from_bytes(h.value).ok()?);
+    }
+    request.body(Body::empty()).ok()
+}
+
+/// Writes `response` to `stream`: the head, then the body chunked (or with
+/// its exact length), then closes. Ends early when the client closes.
+pub async fn serve_stream(mut stream: TcpStream, response: Response<Body>) {
+    let (parts, mut body) = response.into_parts();
+    let exact = http_body::Body::size_hint(&body).exact();
+    let mut head = format!("HTTP/1.1 {}\r\n", parts.status).into_bytes();
+    for (name, value) in &parts.headers {
+        if matches!(*name, header::CONNECTION | header::CONTENT_LENGTH | header::TRANSFER_ENCODING) {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    match exact {
+        Some(len) => head.extend_from_slice(format!("content-length: {len}\r\n").as_bytes()),
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    let (mut reader, mut writer) = stream.split();
+    if writer.write_all(&head).await.is_err() {
+        return;
+    }
+    drop(head);
+    let mut probe = [0u8; 64];
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            // Whatever the client sends now is not read: only its close matters.
+            read = reader.read(&mut probe) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+        };
+        let Some(Ok(frame)) = frame else { break };
+        let Ok(data) = frame.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        let written = match exact {
+            Some(_) => writer.write_all(&data).await,
+            None => write_chunk(&mut writer, &data).await,
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+    if exact.is_none() {
+        let _ = writer.write_all(b"0\r\n\r\n").await;
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// One chunk of a chunked body, in one write where the socket takes it.
+async fn write_chunk(writer: &mut (impl AsyncWrite + Unpin), data: &[u8]) -> std::io::Result<()> {
+    let size = format!("{:x}\r\n", data.len());
+    let parts = [size.as_bytes(), data, b"\r\n"];
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1]), IoSlice::new(parts[2])];
+    let written = writer.write_vectored(&slices).await?;
+    if written == total {
+        return Ok(());
+    }
+    // A short write: the rest, byte-exact, the slow way.
+    let mut rest = Vec::with_capacity(total - written);
+    for part in parts {
+        rest.extend_from_slice(part);
+    }
+    writer.write_all(&rest[written..]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(head: &str) -> Option<Request<Body>> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(head.as_bytes()).unwrap().is_complete());
+        stream_request(&parsed)
+    }
+
+    #[test]
+    fn only_bodyless_gets_of_event_streams_are_taken() {
+        assert!(parse("GET /api/events?workspace=a HTTP/1.1\r\nHost: x\r\n\r\n").is_some());
+        assert!(parse("GET /api/workspaces/dev/events HTTP/1.1\r\nHost: x\r\n\r\n").is_some());
+        assert!(parse("GET /api/workspaces HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
+        assert!(parse("GET /api/workspaces/a/b/events HTTP/1.1\r\n\r\n").is_none());
+        assert!(parse("POST /api/events HTTP/1.1\r\n\r\n").is_none());
+        assert!(parse("GET /api/events HTTP/1.0\r\n\r\n").is_none());
+        assert!(parse("GET /api/events HTTP/1.1\r\nContent-Length: 3\r\n\r\n").is_none());
+        assert!(parse("GET /api/events HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").is_none());
+        let request = parse("GET /api/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n").unwrap();
+        assert_eq!(request.headers()["last-event-id"], "7");
+    }
+}
