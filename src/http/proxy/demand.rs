@@ -71,7 +71,10 @@ pub async fn route(
                 Some(_) => moved = true,
                 None => return routed,
             },
-            () = tokio::time::sleep_until(deadline) => return Err(not_started(name, &record, hold_for)),
+            () = tokio::time::sleep_until(deadline) => {
+                let record = bus.view().get(name).unwrap_or(record);
+                return Err(not_started(name, &record, hold_for));
+            }
         }
     }
 }
