@@ -175,6 +175,9 @@ async fn an_open_sse_stream_keeps_an_idling_child_running() {
     let url = format!("{}/workspaces/notes/sse", daemon.url);
     let stream = daemon.http.get(&url).header("accept", "text/event-stream").send().await.unwrap();
     assert_eq!(stream.status(), 200);
+    let (_, debug) = daemon.get("/api/debug/state/workspace").await;
+    let record = debug.as_array().unwrap().iter().find(|w| w["workspace"] == "notes").cloned().unwrap_or_default();
+    assert_eq!(record["activity"]["open"], 1, "the stream counts as open: {record:#}");
     // Two and a half idle periods with the stream open and no request.
     stays(&daemon, "notes", "running", Duration::from_secs(5)).await;
     assert_eq!(daemon.status("notes").await["pid"], running["pid"]);
