@@ -218,3 +218,18 @@ async fn a_stopped_on_demand_workspace_stays_stopped_until_a_request_or_a_start(
     assert_eq!(daemon.status("eager").await["status"], "stopped");
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legacy_sse_client_starts_an_on_demand_workspace() {
+    let mut notes = notes("sse");
+    notes["lifecycle"] = json!({"start": "on-demand"});
+    let daemon = Daemon::start(&[("notes", notes)]).await;
+    wait_stopped(&daemon, "notes", "on-demand", Duration::from_secs(10)).await;
+
+    let url = format!("{}/workspaces/notes/sse", daemon.url);
+    let answer = python_call(&url, "sse", "echo", json!({"text": "through the stream"})).await;
+    assert_eq!(answer["result"], "through the stream", "{answer}");
+    let running = daemon.status("notes").await;
+    assert_eq!((&running["status"], &running["restartCount"]), (&json!("running"), &json!(0)), "{running:#}");
+    daemon.stop().await;
+}
