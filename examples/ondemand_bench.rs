@@ -4,9 +4,10 @@
 //!     to `/workspaces/w/mcp` while the workspace is `stopped`, to its 200
 //!     answer (the request is held while the child starts), next to the
 //!     child's own start (exec to a successful `initialize`, polled every
-//!     1 ms); for the demo server (20 runs) and the Python SDK `notes.py`
-//!     server (10 runs). Between runs the workspace is stopped through the
-//!     API, so each run is a first call again.
+//!     1 ms); for the demo server (20 pairs) and the Python SDK `notes.py`
+//!     server (10 pairs). The two alternate, so both see the same load, and
+//!     the difference is also given per pair. Between runs the workspace is
+//!     stopped through the API, so each run is a first call again.
 //! (b) daemon RSS (VmRSS of the release binary) with no workspace, with 100
 //!     on-demand demo-server workspaces idle (stopped, ports allocated), and
 //!     with the same 100 started eagerly, with their children's RSS beside.
@@ -83,8 +84,10 @@ async fn wait_w(http: &reqwest::Client, url: &str, status: &str, reason: Option<
     }
 }
 
-/// `runs` first calls to an on-demand workspace running `body`, in ms.
-async fn first_calls(exe: &Path, body: Value, runs: usize) -> Vec<f64> {
+/// First calls and starts of the child alone, interleaved so both see the
+/// same load: `runs` pairs of (first call to an on-demand workspace running
+/// `body`, exec of `alone` to a successful `initialize`), in ms.
+async fn first_calls(exe: &Path, body: Value, alone: fn(u16) -> Command, runs: usize) -> Vec<(f64, f64)> {
     let root = workspace_root([("w", on_demand(body))]);
     let listen = free_port();
     let _daemon = Proc::serve(exe, root.path(), listen, free_range(32));
@@ -93,7 +96,10 @@ async fn first_calls(exe: &Path, body: Value, runs: usize) -> Vec<f64> {
     let mut out = Vec::new();
     wait_w(&http, &url, "stopped", Some("on-demand")).await;
     for _ in 0..runs {
-        out.push(ms(tokio::task::spawn_blocking(move || first_call(listen)).await.unwrap()));
+        let own = tokio::task::spawn_blocking(move || own_start(alone)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = ms(tokio::task::spawn_blocking(move || first_call(listen)).await.unwrap());
+        out.push((first, own));
         http.post(format!("{url}/api/workspaces/w/stop")).send().await.unwrap();
         wait_w(&http, &url, "stopped", None).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -101,18 +107,27 @@ async fn first_calls(exe: &Path, body: Value, runs: usize) -> Vec<f64> {
     out
 }
 
-/// `runs` starts of the child alone: exec to a successful `initialize`, in ms.
-fn own_starts(mut command: impl FnMut(u16) -> Command, runs: usize) -> Vec<f64> {
-    (0..runs)
-        .map(|_| {
-            let port = free_port();
-            let t0 = Instant::now();
-            let mut child = Proc::spawn(&mut command(port));
-            let at = wait_initialize(port, Duration::from_secs(30)).expect("the child answers initialize");
-            child.stop();
-            ms(at - t0)
-        })
-        .collect()
+/// One start of the child alone: exec to a successful `initialize`, in ms.
+fn own_start(command: fn(u16) -> Command) -> f64 {
+    let port = free_port();
+    let t0 = Instant::now();
+    let mut child = Proc::spawn(&mut command(port));
+    let at = wait_initialize(port, Duration::from_secs(30)).expect("the child answers initialize");
+    child.stop();
+    ms(at - t0)
+}
+
+fn demo_alone(port: u16) -> Command {
+    let mut command = Command::new(mcpvisor_exe());
+    command.args(["demo-server", "--port", &port.to_string()]);
+    command
+}
+
+fn notes_alone(port: u16) -> Command {
+    let mut command = Command::new(python());
+    command.arg(notes_script()).args(["--port", &port.to_string(), "--transport", "streamable-http"]);
+    command.env("NOTES_DIR", std::env::temp_dir().join("ondemand_bench_notes"));
+    command
 }
 
 /// VmRSS of `pid`, in KiB.
@@ -160,6 +175,18 @@ async fn daemon_rss(exe: &Path, n: usize, body: &Value, status: &str) -> (u64, u
     (rss_kib(daemon.id()), children_rss_kib(daemon.id()))
 }
 
+/// Rows of table (a) for one server: first calls, the child alone, and
+/// the difference within each interleaved pair.
+fn pairs(server: &str, pairs: &[(f64, f64)]) {
+    let first: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+    let alone: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+    let extra: Vec<f64> = pairs.iter().map(|p| p.0 - p.1).collect();
+    let n = pairs.len();
+    row(&format!("{server}: first call through mcpvisor ({n})"), &first);
+    row(&format!("{server}: child alone, exec -> initialize ({n})"), &alone);
+    row(&format!("{server}: first call - child alone, per pair"), &extra);
+}
+
 fn row(label: &str, v: &[f64]) {
     println!("  {:<52} {:>8.2}ms {:>8.2}ms {:>8.2}ms", label, pct(v, 50.0), pct(v, 95.0), pct(v, 100.0));
 }
@@ -169,36 +196,8 @@ async fn main() {
     let exe = mcpvisor_exe();
     print_header("ondemand_bench", &exe, "");
 
-    let demo_first = first_calls(&exe, demo(), DEMO_RUNS).await;
-    let e2 = exe.clone();
-    let demo_own = tokio::task::spawn_blocking(move || {
-        own_starts(
-            |port| {
-                let mut command = Command::new(&e2);
-                command.args(["demo-server", "--port", &port.to_string()]);
-                command
-            },
-            DEMO_RUNS,
-        )
-    })
-    .await
-    .unwrap();
-    let python_first = first_calls(&exe, notes(), PYTHON_RUNS).await;
-    let notes_dir = tempfile::tempdir().unwrap();
-    let notes_path = notes_dir.path().to_path_buf();
-    let python_own = tokio::task::spawn_blocking(move || {
-        own_starts(
-            |port| {
-                let mut command = Command::new(python());
-                command.arg(notes_script()).args(["--port", &port.to_string(), "--transport", "streamable-http"]);
-                command.env("NOTES_DIR", &notes_path);
-                command
-            },
-            PYTHON_RUNS,
-        )
-    })
-    .await
-    .unwrap();
+    let demo_pairs = first_calls(&exe, demo(), demo_alone, DEMO_RUNS).await;
+    let python_pairs = first_calls(&exe, notes(), notes_alone, PYTHON_RUNS).await;
 
     let (empty, _) = daemon_rss(&exe, 0, &demo(), "stopped").await;
     let (idle, idle_children) = daemon_rss(&exe, 100, &on_demand(demo()), "stopped").await;
@@ -207,12 +206,8 @@ async fn main() {
     println!();
     println!("(a) first call to an on-demand workspace (raw initialize, held until running) vs the child alone");
     println!("  {:<52} {:>10} {:>10} {:>10}", "", "median", "p95", "max");
-    row(&format!("demo-server: first call through mcpvisor ({DEMO_RUNS})"), &demo_first);
-    row(&format!("demo-server: child alone, exec -> initialize ({DEMO_RUNS})"), &demo_own);
-    println!("  {:<52} {:>8.2}ms", "  difference of the medians", pct(&demo_first, 50.0) - pct(&demo_own, 50.0));
-    row(&format!("python notes.py: first call through mcpvisor ({PYTHON_RUNS})"), &python_first);
-    row(&format!("python notes.py: child alone, exec -> initialize ({PYTHON_RUNS})"), &python_own);
-    println!("  {:<52} {:>8.2}ms", "  difference of the medians", pct(&python_first, 50.0) - pct(&python_own, 50.0));
+    pairs("demo-server", &demo_pairs);
+    pairs("python notes.py", &python_pairs);
     println!();
     println!("(b) RSS of the release daemon (VmRSS), settled 3 s after the last status");
     println!("  {:<52} {:>10} {:>14}", "", "daemon", "its children (the guard left out)");

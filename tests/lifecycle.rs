@@ -64,11 +64,11 @@ async fn an_on_demand_workspace_waits_stopped_with_its_port_and_a_python_sdk_cal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_concurrent_first_calls_start_exactly_one_child() {
-    let daemon = Daemon::start(&[("lazy", on_demand())]).await;
-    wait_stopped(&daemon, "lazy", "on-demand", Duration::from_secs(10)).await;
-    let mut events = daemon.events("/api/workspaces/lazy/events", 1).await;
+    let daemon = Daemon::start(&[("lazy-ten", on_demand())]).await;
+    wait_stopped(&daemon, "lazy-ten", "on-demand", Duration::from_secs(10)).await;
+    let mut events = daemon.events("/api/workspaces/lazy-ten/events", 1).await;
 
-    let url = mcp_url(&daemon, "lazy");
+    let url = mcp_url(&daemon, "lazy-ten");
     let calls = (0..10).map(|_| {
         let url = url.clone();
         tokio::spawn(async move { rmcp_call(&url, "pid", json!({})).await })
@@ -76,7 +76,7 @@ async fn ten_concurrent_first_calls_start_exactly_one_child() {
     let pids: Vec<String> = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
     assert!(pids.iter().all(|pid| *pid == pids[0]), "every call reached one child: {pids:?}");
 
-    let status = daemon.status("lazy").await;
+    let status = daemon.status("lazy-ten").await;
     assert_eq!(status["pid"].to_string(), pids[0], "{status:#}");
     assert_eq!(status["restartCount"], 0, "{status:#}");
     let seen = events.take(2, Duration::from_secs(10)).await;
@@ -175,6 +175,9 @@ async fn an_open_sse_stream_keeps_an_idling_child_running() {
     let url = format!("{}/workspaces/notes/sse", daemon.url);
     let stream = daemon.http.get(&url).header("accept", "text/event-stream").send().await.unwrap();
     assert_eq!(stream.status(), 200);
+    let (_, debug) = daemon.get("/api/debug/state/workspace").await;
+    let record = debug.as_array().unwrap().iter().find(|w| w["workspace"] == "notes").cloned().unwrap_or_default();
+    assert_eq!(record["activity"]["open"], 1, "the stream counts as open: {record:#}");
     // Two and a half idle periods with the stream open and no request.
     stays(&daemon, "notes", "running", Duration::from_secs(5)).await;
     assert_eq!(daemon.status("notes").await["pid"], running["pid"]);
@@ -188,23 +191,23 @@ async fn an_open_sse_stream_keeps_an_idling_child_running() {
 async fn a_stopped_on_demand_workspace_stays_stopped_until_a_request_or_a_start() {
     let mut eager = idling();
     eager["lifecycle"]["idleStop"] = json!("1h");
-    let daemon = Daemon::start(&[("lazy", on_demand()), ("eager", eager)]).await;
-    wait_stopped(&daemon, "lazy", "on-demand", Duration::from_secs(10)).await;
-    let url = mcp_url(&daemon, "lazy");
+    let daemon = Daemon::start(&[("lazy-stop", on_demand()), ("eager", eager)]).await;
+    wait_stopped(&daemon, "lazy-stop", "on-demand", Duration::from_secs(10)).await;
+    let url = mcp_url(&daemon, "lazy-stop");
     let first = rmcp_call(&url, "pid", json!({})).await;
 
-    let (code, _) = daemon.post("/api/workspaces/lazy/stop").await;
+    let (code, _) = daemon.post("/api/workspaces/lazy-stop/stop").await;
     assert_eq!(code, 202);
-    wait_stopped(&daemon, "lazy", "stop", Duration::from_secs(10)).await;
-    stays(&daemon, "lazy", "stopped", Duration::from_secs(1)).await;
+    wait_stopped(&daemon, "lazy-stop", "stop", Duration::from_secs(10)).await;
+    stays(&daemon, "lazy-stop", "stopped", Duration::from_secs(1)).await;
     let second = rmcp_call(&url, "pid", json!({})).await;
     assert_ne!(first, second, "the request started a new child");
 
-    daemon.post("/api/workspaces/lazy/stop").await;
-    wait_stopped(&daemon, "lazy", "stop", Duration::from_secs(10)).await;
-    let (code, _) = daemon.post("/api/workspaces/lazy/start").await;
+    daemon.post("/api/workspaces/lazy-stop/stop").await;
+    wait_stopped(&daemon, "lazy-stop", "stop", Duration::from_secs(10)).await;
+    let (code, _) = daemon.post("/api/workspaces/lazy-stop/start").await;
     assert_eq!(code, 202);
-    daemon.wait_status("lazy", "running", Duration::from_secs(10)).await;
+    daemon.wait_status("lazy-stop", "running", Duration::from_secs(10)).await;
 
     // An eager workspace stopped by hand is not started by a request.
     daemon.wait_status("eager", "running", Duration::from_secs(10)).await;
@@ -213,5 +216,20 @@ async fn a_stopped_on_demand_workspace_stays_stopped_until_a_request_or_a_start(
     let (status, error) = held_error(&daemon, "eager", Duration::from_secs(5)).await;
     assert_eq!((status, &error["data"]["status"]), (503, &json!("stopped")), "{error:#}");
     assert_eq!(daemon.status("eager").await["status"], "stopped");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_legacy_sse_client_starts_an_on_demand_workspace() {
+    let mut notes = notes("sse");
+    notes["lifecycle"] = json!({"start": "on-demand"});
+    let daemon = Daemon::start(&[("notes", notes)]).await;
+    wait_stopped(&daemon, "notes", "on-demand", Duration::from_secs(10)).await;
+
+    let url = format!("{}/workspaces/notes/sse", daemon.url);
+    let answer = python_call(&url, "sse", "echo", json!({"text": "through the stream"})).await;
+    assert_eq!(answer["result"], "through the stream", "{answer}");
+    let running = daemon.status("notes").await;
+    assert_eq!((&running["status"], &running["restartCount"]), (&json!("running"), &json!(0)), "{running:#}");
     daemon.stop().await;
 }

@@ -20,8 +20,8 @@ pub async fn status(url: &str, json: bool) -> Result<(), ClientError> {
     }
     let list: WorkspaceList = client::read(url, response).await?;
     println!(
-        "{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9} {}",
-        "WORKSPACE", "STATUS", "HEALTH", "PID", "PORT", "UPTIME", "RESTARTS", "BREAKER", "REASON"
+        "{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9} REASON",
+        "WORKSPACE", "STATUS", "HEALTH", "PID", "PORT", "UPTIME", "RESTARTS", "BREAKER"
     );
     for w in &list.workspaces {
         let uptime = w.uptime_ms.map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)));

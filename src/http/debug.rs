@@ -60,6 +60,14 @@ pub async fn component(
     }
 }
 
+/// What the proxy saw of the workspace's clients (docs/reference.md §11):
+/// requests and client streams open now, and when the last one began or ended.
+fn activity(state: &AppState, name: &str) -> Value {
+    let Some(entry) = state.registry.get(name) else { return Value::Null };
+    let activity = entry.handle.activity();
+    json!({"open": activity.open(), "lastRequestAt": activity.last_at()})
+}
+
 fn render(state: &AppState, component: &str, page: Page) -> Option<Value> {
     let snapshot = state.ctx.bus.view().load();
     let records = snapshot.workspaces.values();
@@ -81,6 +89,8 @@ fn render(state: &AppState, component: &str, page: Page) -> Option<Value> {
                         "breaker": s.breaker,
                         "pendingCommand": r.pending,
                         "recentErrors": r.errors,
+                        "reason": s.reason,
+                        "activity": activity(state, &s.workspace),
                     })
                 })
                 .collect(),

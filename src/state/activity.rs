@@ -8,9 +8,11 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
+
+use super::status::Timestamp;
 
 /// The client activity of one workspace.
 #[derive(Debug)]
@@ -46,6 +48,12 @@ impl Activity {
             0 => None,
             ms => Some(self.epoch + Duration::from_millis(ms - 1)),
         }
+    }
+
+    /// [`Activity::last`] as a wall-clock time, for display.
+    pub fn last_at(&self) -> Option<Timestamp> {
+        let ago = self.last()?.elapsed();
+        Some(Timestamp(SystemTime::now() - ago))
     }
 
     /// How many requests and client streams are open now.

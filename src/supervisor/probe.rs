@@ -67,6 +67,13 @@ pub async fn initialize(
     tokio::time::timeout(timeout, attempt).await.map_err(|_| ProbeError::Timeout(timeout))?
 }
 
+/// The longest pause between two readiness probes, by default.
+pub const READINESS_RETRY_MAX: Duration = Duration::from_millis(50);
+
+/// The longest pause between two readiness probes while a client request
+/// waits for the child (docs/reference.md §11).
+pub const READINESS_RETRY_MAX_HELD: Duration = Duration::from_millis(5);
+
 /// Probes until the child answers or `startup_timeout` passes.
 ///
 /// Failed probes are retried after 2 ms, growing by half up to 50 ms: a
@@ -82,6 +89,21 @@ pub async fn await_ready(
     each_timeout: Duration,
     startup_timeout: Duration,
 ) -> Result<(), ProbeError> {
+    await_ready_every(client, url, transport, each_timeout, startup_timeout, READINESS_RETRY_MAX).await
+}
+
+/// [`await_ready`] with retries at most `retry_max` apart.
+///
+/// # Errors
+/// The last probe error once `startup_timeout` has passed.
+pub async fn await_ready_every(
+    client: &reqwest::Client,
+    url: &str,
+    transport: Transport,
+    each_timeout: Duration,
+    startup_timeout: Duration,
+    retry_max: Duration,
+) -> Result<(), ProbeError> {
     let deadline = Instant::now() + startup_timeout;
     let mut pause = Duration::from_millis(2);
     loop {
@@ -94,7 +116,7 @@ pub async fn await_ready(
             return Err(error);
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 3 / 2).min(Duration::from_millis(50));
+        pause = (pause * 3 / 2).min(retry_max);
     }
 }
 
@@ -110,6 +132,9 @@ pub struct ProbeTarget {
     pub startup_timeout: Duration,
     /// A `stdio` child's hub, which probes it over its stdin and stdout.
     pub hub: Option<Arc<Hub>>,
+    /// The longest pause between two readiness probes: how late `running`
+    /// may be seen after the child starts answering.
+    pub retry_max: Duration,
 }
 
 /// Probes children; the actor's one window on whether a child answers.
@@ -146,7 +171,7 @@ impl Prober for McpProber {
     fn probe(&self, target: ProbeTarget, readiness: bool) -> BoxFuture<'static, Result<(), String>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let ProbeTarget { url, transport, timeout, startup_timeout, hub } = target;
+            let ProbeTarget { url, transport, timeout, startup_timeout, hub, retry_max } = target;
             if transport == Transport::Stdio {
                 // Readiness: mcpvisor's own `initialize` over stdio; liveness: `ping`.
                 let Some(hub) = hub else { return Err("the stdio child's pipes were not bridged".to_string()) };
@@ -154,7 +179,7 @@ impl Prober for McpProber {
                 return result.map_err(|e| e.to_string());
             }
             let result = match readiness {
-                true => await_ready(&client, &url, transport, timeout, startup_timeout).await,
+                true => await_ready_every(&client, &url, transport, timeout, startup_timeout, retry_max).await,
                 false => initialize(&client, &url, transport, timeout).await,
             };
             result.map_err(|e| e.to_string())

@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::http::StatusCode;
 use axum::response::Response;
 use tokio::time::Instant;
 
@@ -42,12 +43,14 @@ pub async fn route(
 ) -> Result<(Arc<WorkspaceRecord>, Arc<Run>), ProxyError> {
     let proxy = &state.proxy;
     let routed = proxy.route(name, transport);
+    // Only a workspace that is there and fits the route, but does not run,
+    // is worth a start: its answer is the 503.
+    if !matches!(&routed, Err(e) if e.http == StatusCode::SERVICE_UNAVAILABLE) {
+        return routed;
+    }
     let bus = &proxy.bus;
-    let record = match (&routed, bus.view().get(name)) {
-        (Err(_), Some(record)) if holds(&record, transport) => record,
-        _ => return routed,
-    };
-    let (Some(hold_for), Some(entry)) = (record.hold_for, state.registry.get(name)) else { return routed };
+    let (Some(record), Some(entry)) = (bus.view().get(name), state.registry.get(name)) else { return routed };
+    let Some(hold_for) = record.hold_for.filter(|_| record.status.status != Status::Running) else { return routed };
     let deadline = Instant::now() + hold_for;
     // Subscribed before asking, so no transition of the start is missed.
     let mut events = bus.subscribe(Some(BTreeSet::from([name.to_string()])), Some(bus.last_seq()));
@@ -57,27 +60,23 @@ pub async fn route(
     let mut moved = false;
     loop {
         let routed = proxy.route(name, transport);
-        let Err(error) = routed else { return routed };
-        let Some(record) = bus.view().get(name) else { return Err(error) };
+        let Some(record) = bus.view().get(name) else { return routed };
         // Until the start's first transition, the view may still show the
         // workspace as it was before the demand.
-        if moved && failed(&record) {
-            return Err(error);
+        if routed.is_ok() || record.status.status == Status::Running || moved && failed(&record) {
+            return routed;
         }
         tokio::select! {
             event = events.next() => match event {
                 Some(_) => moved = true,
-                None => return Err(error),
+                None => return routed,
             },
-            () = tokio::time::sleep_until(deadline) => return Err(not_started(name, &record, hold_for)),
+            () = tokio::time::sleep_until(deadline) => {
+                let record = bus.view().get(name).unwrap_or(record);
+                return Err(not_started(name, &record, hold_for));
+            }
         }
     }
-}
-
-/// Whether a request that finds the workspace of `record` not running waits
-/// for a start: it starts on demand, speaks `transport`, and is not running.
-fn holds(record: &WorkspaceRecord, transport: &str) -> bool {
-    record.hold_for.is_some() && record.status.transport == transport && record.status.status != Status::Running
 }
 
 /// Whether the start a request waits for is over without a running child.

@@ -25,7 +25,7 @@ use crate::config::{FileError, StdioShare, WorkspaceConfig};
 use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, LogSink};
 use crate::state::{Activity, BreakerStatus, ErrorRecord, ProxyPaths, Timestamp, WorkspaceRecord, WorkspaceStatus};
-use crate::supervisor::probe::ProbeTarget;
+use crate::supervisor::probe::{self, ProbeTarget};
 use crate::supervisor::SupervisorContext;
 
 /// Errors kept per workspace for the debug view.
@@ -409,12 +409,16 @@ impl Driver {
 
     fn start_probe(&mut self, child: ChildId, kind: ProbeKind) {
         let (Some(config), Some(port)) = (self.core.config(), self.core.view().port) else { return };
+        // A start for a request (its transition, published just before this
+        // probe, says `demand`) has a client waiting: see `running` sooner.
+        let held = kind == ProbeKind::Readiness && self.reason == Some("demand");
         let target = ProbeTarget {
             url: upstream(port, config),
             transport: config.transport,
             timeout: config.health.timeout,
             startup_timeout: config.health.startup_timeout,
             hub: self.child.as_ref().filter(|s| s.id == child).and_then(|s| s.hub.clone()),
+            retry_max: if held { probe::READINESS_RETRY_MAX_HELD } else { probe::READINESS_RETRY_MAX },
         };
         let probe = self.ctx.prober.probe(target, kind == ProbeKind::Readiness);
         let sender = self.results_sender.clone();
