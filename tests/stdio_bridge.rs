@@ -442,27 +442,9 @@ async fn server_everything_from_npm_serves_as_a_stdio_workspace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridged_legacy_stream_carries_the_workspaces_status_changes() {
-    use eventsource_stream::Eventsource;
-    use futures::StreamExt;
     let daemon = Daemon::start(&[("demo", demo_stdio())]).await;
     daemon.wait_status("demo", "running", READY).await;
-    let response = daemon.http.get(url(&daemon, "demo", "sse")).header("accept", "text/event-stream").send().await;
-    let mut events = response.unwrap().bytes_stream().eventsource();
-    let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(first.event, "endpoint");
-    assert!(first.data.starts_with("/workspaces/demo/messages?session_id="), "{}", first.data);
-
-    let (code, _) = daemon.post("/api/workspaces/demo/restart").await;
-    assert_eq!(code, 202);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = None;
-    while let Ok(Some(Ok(event))) = tokio::time::timeout_at(deadline, events.next()).await {
-        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-        if event.event == "message" && data["method"] == "workspace/statusChanged" {
-            seen = Some(data);
-            break;
-        }
-    }
-    let seen = seen.expect("a workspace/statusChanged event on the bridged legacy stream");
+    let prefix = "/workspaces/demo/messages?session_id=";
+    let seen = legacy_stream_sees_a_restart(&daemon, &url(&daemon, "demo", "sse"), "demo", prefix).await;
     assert_eq!(seen["params"]["status"], "stopping", "{seen}");
 }
