@@ -9,6 +9,10 @@ a real, third-party MCP server to supervise:
 * ``list_notes()``          -> the titles of the stored notes, one per line
 * ``pid()``                 -> the server's process id (lets tests tell restarts apart)
 
+and one resource, ``notes://index`` (the titles, one per line), that clients can
+subscribe to: ``add_note`` sends ``notifications/resources/updated`` for it to
+every session subscribed to it on this process.
+
 Transports (bound to 127.0.0.1 only):
 
 * ``--transport streamable-http`` (default): Streamable HTTP at ``/mcp``
@@ -40,6 +44,7 @@ import sys
 from pathlib import Path
 
 import uvicorn
+from mcp import types
 from mcp.server.mcpserver import MCPServer
 
 HOST = "127.0.0.1"
@@ -79,12 +84,22 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+INDEX = "notes://index"
+# The sessions subscribed to each resource URI, on this process.
+subscribers: dict[str, list] = {}
+
+
 @mcp.tool()
-def add_note(title: str, body: str) -> str:
+async def add_note(title: str, body: str) -> str:
     """Save a note (overwrites a note with the same title). Returns the file name."""
     name = note_file_name(title)
     (notes_dir() / name).write_text(body, encoding="utf-8")
     log.info("saved note %r as %s", title, name)
+    for session in list(subscribers.get(INDEX, [])):
+        try:
+            await session.send_resource_updated(INDEX)
+        except Exception:  # noqa: BLE001 - a session that went away
+            subscribers[INDEX].remove(session)
     return name
 
 
@@ -92,6 +107,31 @@ def add_note(title: str, body: str) -> str:
 def list_notes() -> str:
     """List the titles of all saved notes, sorted, one per line (empty when there are none)."""
     return "\n".join(sorted(p.stem for p in notes_dir().glob("*.txt") if p.is_file()))
+
+
+@mcp.resource(INDEX, mime_type="text/plain")
+def index() -> str:
+    """The titles of the saved notes, one per line; subscribe to hear of new ones."""
+    return list_notes()
+
+
+async def subscribe(ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+    sessions = subscribers.setdefault(str(params.uri), [])
+    if ctx.session not in sessions:
+        sessions.append(ctx.session)
+    return types.EmptyResult()
+
+
+async def unsubscribe(ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+    sessions = subscribers.get(str(params.uri), [])
+    if ctx.session in sessions:
+        sessions.remove(ctx.session)
+    return types.EmptyResult()
+
+
+# MCPServer has no public hook for subscriptions.
+mcp._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)  # noqa: SLF001
+mcp._lowlevel_server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)  # noqa: SLF001
 
 
 @mcp.tool()

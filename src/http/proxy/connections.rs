@@ -6,8 +6,9 @@
 //! JSON-RPC requests still waiting on the child. A session is an
 //! `Mcp-Session-Id` that a child issued in answer to an `initialize` (or the
 //! `session_id` of a legacy endpoint); an id a client merely sends is never
-//! recorded. A session ends with a DELETE or when the child that issued it
-//! goes away.
+//! recorded. A session ends with a DELETE, or when the child that issued it
+//! goes away unless it can be carried over to the next one
+//! ([`super::continuity`]), or when its workspace is removed.
 //!
 //! Both tables are bounded: exchanges by the connections the server allows,
 //! sessions by [`MAX_SESSIONS`] entries and [`MAX_SESSION_BYTES`] bytes, the
@@ -21,6 +22,7 @@ use serde_json::{json, Value};
 
 use rmcp::model::RequestId;
 
+use super::continuity::ClientSession;
 use super::jsonrpc::Request;
 use crate::state::Timestamp;
 
@@ -102,6 +104,24 @@ struct Session {
     transport: &'static str,
     created_at: Timestamp,
     last_activity: Timestamp,
+    /// What carries the session over to a new child, when it can be.
+    carried: Option<Arc<ClientSession>>,
+    /// Bytes counted for it against [`MAX_SESSION_BYTES`].
+    cost: usize,
+}
+
+impl Session {
+    fn new(workspace: &str, id: &str, transport: &'static str, carried: Option<Arc<ClientSession>>) -> Session {
+        let now = Timestamp::now();
+        let cost = workspace.len() + id.len() + SESSION_OVERHEAD + carried.as_ref().map_or(0, |c| c.cost());
+        Session { transport, created_at: now, last_activity: now, carried, cost }
+    }
+
+    fn end(&self) {
+        if let Some(carried) = &self.carried {
+            carried.close_stream();
+        }
+    }
 }
 
 /// The known sessions by workspace and id, within their bounds.
@@ -112,10 +132,6 @@ struct Sessions {
     bytes: usize,
     max_entries: usize,
     max_bytes: usize,
-}
-
-fn cost(workspace: &str, id: &str) -> usize {
-    workspace.len() + id.len() + SESSION_OVERHEAD
 }
 
 impl Sessions {
@@ -135,7 +151,7 @@ impl Sessions {
             known.last_activity = session.last_activity;
             return;
         }
-        let needed = cost(workspace, id);
+        let needed = session.cost;
         while self.count > 0 && (self.count >= self.max_entries || self.bytes + needed > self.max_bytes) {
             let idlest =
                 self.iter().min_by_key(|(_, _, s)| s.last_activity).map(|(w, id, _)| (w.to_string(), id.to_string()));
@@ -149,20 +165,22 @@ impl Sessions {
     }
 
     fn remove(&mut self, workspace: &str, id: &str) {
+        self.remove_where(workspace, |known, _| known == id);
+    }
+
+    /// Removes the sessions of `workspace` that `which` picks.
+    fn remove_where(&mut self, workspace: &str, which: impl Fn(&str, &Session) -> bool) {
         let Some(ids) = self.by_workspace.get_mut(workspace) else { return };
-        if ids.remove(id).is_some() {
-            self.count -= 1;
-            self.bytes -= cost(workspace, id);
+        let gone: Vec<String> = ids.iter().filter(|(id, s)| which(id, s)).map(|(id, _)| id.clone()).collect();
+        for id in gone {
+            if let Some(session) = ids.remove(&id) {
+                self.count -= 1;
+                self.bytes -= session.cost;
+                session.end();
+            }
         }
         if ids.is_empty() {
             self.by_workspace.remove(workspace);
-        }
-    }
-
-    fn remove_workspace(&mut self, workspace: &str) {
-        for id in self.by_workspace.remove(workspace).unwrap_or_default().into_keys() {
-            self.count -= 1;
-            self.bytes -= cost(workspace, &id);
         }
     }
 }
@@ -242,12 +260,22 @@ impl Connections {
 
     /// Records a session that the child of `workspace` issued.
     pub fn create_session(&self, workspace: &str, session: &str, transport: &'static str) {
-        let now = Timestamp::now();
-        self.sessions.lock().unwrap().insert(
-            workspace,
-            session,
-            Session { transport, created_at: now, last_activity: now },
-        );
+        self.sessions.lock().unwrap().insert(workspace, session, Session::new(workspace, session, transport, None));
+    }
+
+    /// Records a session under the id mcpvisor gave the client, carried over
+    /// to each new child of `workspace`.
+    pub fn create_carried(&self, workspace: &str, id: &str, carried: Arc<ClientSession>) {
+        let session = Session::new(workspace, id, "streamable-http", Some(carried));
+        self.sessions.lock().unwrap().insert(workspace, id, session);
+    }
+
+    /// The carried session `id` of `workspace`, noting activity on it.
+    pub fn carried(&self, workspace: &str, id: &str) -> Option<Arc<ClientSession>> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let known = sessions.get_mut(workspace, id)?;
+        known.last_activity = Timestamp::now();
+        known.carried.clone()
     }
 
     /// Notes activity on a known session; an unknown one stays unknown.
@@ -261,9 +289,15 @@ impl Connections {
         self.sessions.lock().unwrap().remove(workspace, session);
     }
 
-    /// Forgets every session of `workspace`: its child is gone.
+    /// Forgets every session of `workspace`: it was removed.
     pub fn end_workspace(&self, workspace: &str) {
-        self.sessions.lock().unwrap().remove_workspace(workspace);
+        self.sessions.lock().unwrap().remove_where(workspace, |_, _| true);
+    }
+
+    /// Forgets the sessions of `workspace` that its ended run took with it:
+    /// all but those carried over to the next run.
+    pub fn end_run(&self, workspace: &str) {
+        self.sessions.lock().unwrap().remove_where(workspace, |_, s| s.carried.is_none());
     }
 
     /// How many sessions are known, and how many bytes they count for.
@@ -295,6 +329,7 @@ impl Connections {
                     "createdAt": s.created_at,
                     "lastActivity": s.last_activity,
                     "openStreams": mine.len(),
+                    "carriedOver": s.carried.as_ref().map(|c| c.carried_over()),
                     "pending": pending,
                 })
             })

@@ -17,9 +17,11 @@
 mod body;
 mod bridged;
 mod connections;
+mod continuity;
 mod demand;
 mod error;
 mod headers;
+mod hold;
 mod jsonrpc;
 mod legacy;
 mod relay;
@@ -87,6 +89,8 @@ pub struct Proxy {
     sessions: legacy::Sessions,
     /// Client sessions of `stdio` children.
     bridged: bridged::Sessions,
+    /// The daemon's shutdown: nothing the proxy holds outlives it.
+    shutdown: CancellationToken,
 }
 
 impl Proxy {
@@ -109,6 +113,7 @@ impl Proxy {
             connections: Arc::new(Connections::default()),
             sessions: legacy::Sessions::default(),
             bridged: bridged::Sessions::default(),
+            shutdown: shutdown.clone(),
         });
         tokio::spawn(runs::watch(Arc::downgrade(&proxy), bus, shutdown));
         proxy

@@ -70,6 +70,13 @@ pub struct Run {
     pub upstream: Upstream,
 }
 
+impl Run {
+    /// The child's pid: a new pid is a new run.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
 /// The current run of each workspace the proxy has relayed to.
 #[derive(Debug, Default)]
 pub struct Runs {
@@ -127,7 +134,8 @@ impl Runs {
 }
 
 /// Fires the token of each run that the bus shows ended, and forgets that
-/// workspace's sessions; ends every run at `shutdown`.
+/// run's sessions (all of the workspace's once it is removed); ends every
+/// run at `shutdown`.
 pub async fn watch(proxy: Weak<Proxy>, bus: Arc<EventBus>, shutdown: CancellationToken) {
     let mut subscription = bus.subscribe(None, Some(bus.last_seq()));
     loop {
@@ -138,8 +146,10 @@ pub async fn watch(proxy: Weak<Proxy>, bus: Arc<EventBus>, shutdown: Cancellatio
         let Some(proxy) = proxy.upgrade() else { return };
         match event {
             Some(event) => {
-                if proxy.runs.check(&bus, &event.workspace) {
+                if bus.view().get(&event.workspace).is_none() {
                     proxy.connections.end_workspace(&event.workspace);
+                } else if proxy.runs.check(&bus, &event.workspace) {
+                    proxy.connections.end_run(&event.workspace);
                 }
             }
             None => {

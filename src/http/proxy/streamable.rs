@@ -8,16 +8,19 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
+use super::continuity::{self, ClientSession, MAX_REPLAYED_INITIALIZE, SESSION_HEADER};
 use super::jsonrpc::{self, Peeked};
 use super::relay;
 use super::{body, cause, headers, peer, ProxyError};
 use crate::http::holding::Holding;
 use crate::http::AppState;
 
-const SESSION_HEADER: &str = "mcp-session-id";
+/// How long a request of a carried session waits for its workspace to run
+/// again (docs/reference.md §11).
+const RESTART_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Longest `Mcp-Session-Id` passed on, bytes. The MCP spec bounds only its
 /// characters (visible ASCII, 0x21 to 0x7E); a UUID or a hash is far
@@ -70,42 +73,68 @@ async fn relay_mcp(
         return super::bridged::streamable(state, name, connect, request).await;
     }
     let (parts, body) = request.into_parts();
-    let (body, peeked) = if parts.method == Method::POST {
+    let (body, bytes, peeked) = if parts.method == Method::POST {
         match body::read(&parts.headers, body).await {
             Ok(bytes) => {
                 let peeked = jsonrpc::peek(&bytes).unwrap_or_else(|e| {
                     tracing::debug!(workspace = %name, "passing on a body the proxy cannot follow: {e}");
                     Peeked::default()
                 });
-                (Body::from(bytes), peeked)
+                (Body::from(bytes.clone()), Some(bytes), peeked)
             }
             Err(response) => return response,
         }
     } else {
-        (body, Peeked::default())
+        (body, None, Peeked::default())
     };
 
     let session = match client_session(&parts.headers) {
         Ok(session) => session.map(str::to_string),
         Err(error) => return error.reply(&peeked),
     };
-    // A DELETE ends a session; it is no reason to start a child.
-    let routed = match parts.method {
-        Method::DELETE => proxy.route(&name, "streamable-http"),
-        _ => super::demand::route(state, &name, "streamable-http").await,
+    // A session mcpvisor carries waits for its workspace to come back; a
+    // DELETE ends a session, and is no reason to start a child.
+    let carried = session.as_deref().and_then(|id| proxy.connections.carried(&name, id));
+    let run = match (&parts.method, &carried) {
+        (&Method::DELETE, carried) => match proxy.route(&name, "streamable-http") {
+            Err(_) if carried.is_some() => {
+                // Its child is gone: nothing is left to end but mcpvisor's record.
+                proxy.connections.end_session(&name, session.as_deref().unwrap_or_default());
+                return StatusCode::OK.into_response();
+            }
+            routed => routed.map(|(_, run)| run),
+        },
+        (_, Some(_)) => match super::demand::route(state, &name, "streamable-http").await {
+            Ok((_, run)) => Ok(run),
+            Err(_) => proxy.running(&name, "streamable-http", RESTART_HOLD).await,
+        },
+        (_, None) => super::demand::route(state, &name, "streamable-http").await.map(|(_, run)| run),
     };
-    let run = match routed {
-        Ok((_, run)) => run,
+    let run = match run {
+        Ok(run) => run,
         Err(error) => return error.reply(&peeked),
     };
     let uri = match run.upstream.endpoint(parts.uri.query()) {
         Ok(uri) => uri,
         Err(e) => return ProxyError::invalid(StatusCode::BAD_REQUEST, format!("query string: {e}")).reply(&peeked),
     };
-
-    if let Some(session) = &session {
+    let mut upstream_headers = headers::upstream(&parts.headers, &run.upstream.host, state.token.is_some());
+    if let Some(carried) = &carried {
+        match carried.bind(proxy, &run, &upstream_headers).await {
+            Ok(child) => {
+                upstream_headers.remove(SESSION_HEADER);
+                upstream_headers
+                    .extend(child.map(|child| (axum::http::HeaderName::from_static(SESSION_HEADER), child)));
+            }
+            Err(error) => return error.reply(&peeked),
+        }
+        if let Some(bytes) = &bytes {
+            carried.observe(bytes);
+        }
+    } else if let Some(session) = &session {
         proxy.connections.touch_session(&name, session);
     }
+
     let registration =
         proxy.connections.open(&name, "streamable-http", parts.method.as_str(), session.as_deref(), peer(connect));
     registration.exchange.add_pending(&peeked.requests);
@@ -113,7 +142,7 @@ async fn relay_mcp(
     let mut upstream = axum::http::Request::new(body);
     *upstream.method_mut() = parts.method.clone();
     *upstream.uri_mut() = uri;
-    *upstream.headers_mut() = headers::upstream(&parts.headers, &run.upstream.host, state.token.is_some());
+    *upstream.headers_mut() = upstream_headers.clone();
 
     let timeout = (!peeked.requests.is_empty()).then_some(proxy.request_timeout);
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -129,13 +158,40 @@ async fn relay_mcp(
     };
 
     let (mut parts_out, incoming) = response.into_parts();
-    // A session exists once the child issues it in answer to an `initialize`.
-    let issued = parts_out.headers.get(SESSION_HEADER).map(|v| v.as_bytes()).filter(|id| valid_session_id(id));
-    if let Some(issued) = issued.and_then(|id| std::str::from_utf8(id).ok()) {
-        if parts_out.status.is_success() && peeked.requests.iter().any(|r| r.method == "initialize") {
-            proxy.connections.create_session(&name, issued, "streamable-http");
+    let issued = parts_out.headers.get(SESSION_HEADER).filter(|id| valid_session_id(id.as_bytes())).cloned();
+    match (&carried, &session) {
+        // The client knows the session by mcpvisor's id only.
+        (Some(_), Some(ours)) => {
+            if issued.is_some() {
+                parts_out.headers.insert(SESSION_HEADER, HeaderValue::from_str(ours).expect("a valid session id"));
+            }
         }
-        registration.exchange.set_session(issued);
+        // A session exists once the child issues it in answer to an `initialize`.
+        _ => {
+            if let Some(issued) = issued {
+                let initialize = parts_out.status.is_success()
+                    && !peeked.batch
+                    && peeked.requests.iter().any(|r| r.method == "initialize");
+                let kept = bytes.filter(|b| initialize && b.len() <= MAX_REPLAYED_INITIALIZE);
+                let id = match kept {
+                    Some(initialize) => {
+                        let id = new_session_id();
+                        let carried = ClientSession::new(&name, &run, issued, initialize);
+                        proxy.connections.create_carried(&name, &id, std::sync::Arc::new(carried));
+                        parts_out.headers.insert(SESSION_HEADER, HeaderValue::from_str(&id).expect("hex"));
+                        id
+                    }
+                    None => {
+                        let id = issued.to_str().unwrap_or_default().to_string();
+                        if initialize {
+                            proxy.connections.create_session(&name, &id, "streamable-http");
+                        }
+                        id
+                    }
+                };
+                registration.exchange.set_session(&id);
+            }
+        }
     }
     if parts.method == Method::DELETE && parts_out.status.is_success() {
         if let Some(session) = &session {
@@ -143,12 +199,23 @@ async fn relay_mcp(
         }
     }
     headers::downstream(&mut parts_out);
-    let body = if headers::is_event_stream(&parts_out.headers) {
-        parts_out.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
-        relay::sse_body(proxy.clone(), name, incoming, run, registration, remaining)
-    } else {
-        Body::new(Holding::new(incoming, registration))
+    let body = match (headers::is_event_stream(&parts_out.headers), carried) {
+        (true, Some(carried)) if parts.method == Method::GET && parts_out.status.is_success() => {
+            parts_out.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            let stream = continuity::carried_stream(proxy.clone(), carried, run, incoming, upstream_headers);
+            Body::new(Holding::new(stream, registration))
+        }
+        (true, _) => {
+            parts_out.headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            let remaining = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            relay::sse_body(proxy.clone(), name, incoming, run, registration, remaining)
+        }
+        (false, _) => Body::new(Holding::new(incoming, registration)),
     };
     Response::from_parts(parts_out, body)
+}
+
+/// A session id of mcpvisor's own: 128 random bits in hex.
+fn new_session_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }

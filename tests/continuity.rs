@@ -1,0 +1,167 @@
+//! Session continuity (docs/reference.md §11): a client session through the
+//! proxy survives a restart of its child, whatever restarted it, without the
+//! client re-initializing. Real children (the demo server, the Python SDK
+//! notes server), real clients (the Python SDK, rmcp).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+const UP: Duration = Duration::from_secs(30);
+
+/// One Python SDK `ClientSession`, driven command by command
+/// (`tests/py/session_client.py`).
+struct Session {
+    _child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Session {
+    async fn open(url: &str) -> Session {
+        let mut child = tokio::process::Command::new(python())
+            .arg(repo().join("tests/py/session_client.py"))
+            .args(["--url", url])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(UP, lines.next_line()).await.expect("session opens in time").unwrap();
+        let ready: Value = serde_json::from_str(&ready.expect("session client prints ready")).unwrap();
+        assert_eq!(ready["ready"], true);
+        Session { _child: child, stdin, lines }
+    }
+
+    async fn send(&mut self, command: Value) -> Value {
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+        let line = tokio::time::timeout(UP, self.lines.next_line()).await.expect("an answer in time").unwrap();
+        serde_json::from_str(&line.expect("the session client is alive")).unwrap()
+    }
+
+    /// Calls `pid` and returns it; panics when the call fails.
+    async fn pid(&mut self) -> u64 {
+        let answer = self.send(json!({"op": "call", "tool": "pid"})).await;
+        assert_eq!(answer["ok"], true, "the call on the same session succeeds: {answer}");
+        match &answer["result"] {
+            Value::String(text) => text.trim().parse().unwrap(),
+            other => other.as_u64().unwrap(),
+        }
+    }
+}
+
+fn kill9(pid: u64) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+/// Waits until the workspace runs a child other than `old`.
+async fn replaced(daemon: &Daemon, name: &str, old: u64) -> u64 {
+    let status = daemon.wait_for(name, UP, |s| s["status"] == "running" && s["pid"] != json!(old)).await;
+    status["pid"].as_u64().unwrap()
+}
+
+async fn carried_over(daemon: &Daemon, name: &str) -> Vec<Value> {
+    let (_, connections) = daemon.get("/api/debug/state/connections").await;
+    let sessions = connections["proxySessions"].as_array().cloned().unwrap_or_default();
+    sessions.iter().filter(|s| s["workspace"] == name).map(|s| s["carriedOver"].clone()).collect()
+}
+
+/// The same session across a `kill -9`, a `restart` command and a config
+/// change, for a Rust (rmcp) and a Python SDK Streamable HTTP child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_sdk_session_survives_every_kind_of_child_restart() {
+    let daemon = Daemon::start(&[("demo", demo()), ("notes", notes("streamable-http"))]).await;
+    for name in ["demo", "notes"] {
+        daemon.wait_status(name, "running", UP).await;
+        let mut session = Session::open(&format!("{}/workspaces/{name}/mcp", daemon.url)).await;
+        let first = session.pid().await;
+
+        kill9(first);
+        let second = replaced(&daemon, name, first).await;
+        assert_eq!(session.pid().await, second, "{name}: answered by the new child after kill -9");
+
+        // Sent while the new child starts: held, then carried over.
+        daemon.post(&format!("/api/workspaces/{name}/restart")).await;
+        let third = session.pid().await;
+        assert_ne!(third, second, "{name}: answered by the child after the restart");
+
+        let mut changed = if name == "demo" { demo() } else { notes("streamable-http") };
+        changed["env"]["CONTINUITY"] = json!("changed");
+        daemon.write(name, &changed);
+        let fourth = replaced(&daemon, name, third).await;
+        assert_eq!(session.pid().await, fourth, "{name}: answered by the child of the new config");
+
+        assert_eq!(carried_over(&daemon, name).await, [json!(3)], "{name}: one session, carried over three times");
+    }
+    daemon.stop().await;
+}
+
+/// A `resources/subscribe` made before a restart is replayed on the new
+/// child, and its updates reach the client on its carried GET stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_before_a_restart_still_delivers_updates() {
+    let daemon = Daemon::start(&[("notes", notes("streamable-http"))]).await;
+    daemon.wait_status("notes", "running", UP).await;
+    let mut session = Session::open(&format!("{}/workspaces/notes/mcp", daemon.url)).await;
+    let answer = session.send(json!({"op": "subscribe", "uri": "notes://index"})).await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    let first = session.pid().await;
+
+    kill9(first);
+    replaced(&daemon, "notes", first).await;
+    // With no request of the client: its open GET stream carries the
+    // session over once the new child runs.
+    eventually("the GET stream carries the session over", UP, || async {
+        match carried_over(&daemon, "notes").await.as_slice() {
+            [count] if *count == json!(1) => Ok(()),
+            other => Err(format!("carriedOver: {other:?}")),
+        }
+    })
+    .await;
+    let answer = session.send(json!({"op": "call", "tool": "add_note", "args": {"title": "t", "body": "b"}})).await;
+    assert_eq!(answer["ok"], true, "{answer}");
+    // The update travels on the client's GET stream: poll what arrived.
+    let mut updates = Value::Null;
+    for _ in 0..100 {
+        updates = session.send(json!({"op": "updates"})).await["updates"].clone();
+        if updates.as_array().is_some_and(|u| !u.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(updates, json!(["notes://index"]), "the new child's update reached the subscribed client");
+    daemon.stop().await;
+}
+
+/// The rmcp client keeps its session across a `kill -9` of the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rmcp_session_survives_a_killed_child() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+
+    let daemon = Daemon::start(&[("demo", demo())]).await;
+    let first = daemon.wait_status("demo", "running", UP).await["pid"].as_u64().unwrap();
+    let url = format!("{}/workspaces/demo/mcp", daemon.url);
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url));
+    let client = ().serve(transport).await.expect("rmcp client initializes");
+    let pid = || async {
+        let result = client.call_tool(CallToolRequestParams::new("pid")).await.expect("the call succeeds");
+        serde_json::to_value(&result).unwrap()["content"][0]["text"].as_str().unwrap().parse::<u64>().unwrap()
+    };
+    assert_eq!(pid().await, first);
+    kill9(first);
+    let second = replaced(&daemon, "demo", first).await;
+    assert_eq!(pid().await, second, "answered by the new child on the same session");
+    let _ = client.cancel().await;
+    daemon.stop().await;
+}
