@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -58,27 +57,8 @@ async fn legacy_sse_clients_reach_a_python_child_and_see_restarts() {
     assert!(out["tools"].as_array().unwrap().contains(&json!("list_notes")));
 
     // A raw stream: the endpoint is rewritten, then a restart shows up on it.
-    use eventsource_stream::Eventsource;
-    let response = daemon.http.get(&sse_url).header("accept", "text/event-stream").send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-accel-buffering"], "no");
-    let mut events = response.bytes_stream().eventsource();
-    let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(first.event, "endpoint");
-    assert!(first.data.starts_with("/workspaces/legacy/messages?session_id="), "{}", first.data);
-
-    let (code, _) = daemon.post("/api/workspaces/legacy/restart").await;
-    assert_eq!(code, 202);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut seen = None;
-    while let Ok(Some(Ok(event))) = tokio::time::timeout_at(deadline, events.next()).await {
-        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-        if event.event == "message" && data["method"] == "workspace/statusChanged" {
-            seen = Some(data);
-            break;
-        }
-    }
-    let seen = seen.expect("a workspace/statusChanged event on the legacy stream");
+    let seen =
+        legacy_stream_sees_a_restart(&daemon, &sse_url, "legacy", "/workspaces/legacy/messages?session_id=").await;
     assert_eq!(seen["params"]["workspace"], "legacy");
     assert_eq!(seen["params"]["status"], "stopping");
 

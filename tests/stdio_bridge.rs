@@ -439,3 +439,12 @@ async fn server_everything_from_npm_serves_as_a_stdio_workspace() {
     .await;
     assert!(out["result"].as_str().is_some_and(|r| r.contains("legacy")), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridged_legacy_stream_carries_the_workspaces_status_changes() {
+    let daemon = Daemon::start(&[("demo", demo_stdio())]).await;
+    daemon.wait_status("demo", "running", READY).await;
+    let prefix = "/workspaces/demo/messages?session_id=";
+    let seen = legacy_stream_sees_a_restart(&daemon, &url(&daemon, "demo", "sse"), "demo", prefix).await;
+    assert_eq!(seen["params"]["status"], "stopping", "{seen}");
+}

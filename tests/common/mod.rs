@@ -463,3 +463,28 @@ pub async fn mcp_initialize(http: &reqwest::Client, url: &str) -> Option<String>
     assert!(status == 202 || status == 200, "initialized: {status}");
     session
 }
+
+/// Opens the legacy SSE stream at `url`, reads its `endpoint` event (which
+/// must start with `endpoint_prefix`), restarts `workspace`, and returns the
+/// first `workspace/statusChanged` notification the stream carries after.
+pub async fn legacy_stream_sees_a_restart(daemon: &Daemon, url: &str, workspace: &str, endpoint_prefix: &str) -> Value {
+    use eventsource_stream::Eventsource;
+    let response = daemon.http.get(url).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    let mut events = response.bytes_stream().eventsource();
+    let first = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.event, "endpoint");
+    assert!(first.data.starts_with(endpoint_prefix), "{}", first.data);
+
+    let (code, _) = daemon.post(&format!("/api/workspaces/{workspace}/restart")).await;
+    assert_eq!(code, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(Ok(event))) = tokio::time::timeout_at(deadline, events.next()).await {
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        if event.event == "message" && data["method"] == "workspace/statusChanged" {
+            return data;
+        }
+    }
+    panic!("no workspace/statusChanged event on the legacy stream {url}");
+}

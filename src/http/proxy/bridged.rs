@@ -77,6 +77,9 @@ impl Sessions {
         let created = self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let session = Arc::new(ClientSession { workspace: workspace.to_string(), upstream, legacy, created });
         let mut table = self.table.lock().unwrap();
+        // Sessions whose child went away are answered 404 and forgotten
+        // when next used; those never used again go here.
+        table.retain(|_, s| !s.upstream.is_closed());
         if table.len() >= MAX_SESSIONS {
             let oldest = table.iter().min_by_key(|(_, s)| s.created).map(|(id, _)| id.clone());
             if let Some(oldest) = oldest {
@@ -343,6 +346,8 @@ struct ClientStream {
     /// A POST's stream ends once every request is answered, or fails them
     /// at this deadline.
     answering: Option<Instant>,
+    /// A legacy stream's `workspace/statusChanged` notifications, after this seq.
+    notifications: Option<(crate::state::Subscription, u64)>,
     finished: bool,
 }
 
@@ -355,7 +360,17 @@ impl ClientStream {
         registration: Registration,
         held: Held,
     ) -> ClientStream {
-        ClientStream { proxy, name, run, outbox, registration, held, answering: None, finished: false }
+        ClientStream {
+            proxy,
+            name,
+            run,
+            outbox,
+            registration,
+            held,
+            answering: None,
+            notifications: None,
+            finished: false,
+        }
     }
 
     fn answering(self, timeout: std::time::Duration) -> ClientStream {
@@ -396,6 +411,20 @@ impl ClientStream {
         }
     }
 
+    /// The status notifications already published and not yet sent.
+    fn published_changes(&mut self) -> BytesMut {
+        use futures::FutureExt;
+        let mut out = BytesMut::new();
+        if let Some((subscription, after)) = &mut self.notifications {
+            while let Some(Some(change)) = subscription.next().now_or_never() {
+                if change.seq > *after {
+                    Frame::new(&change.json).event("message").encode_into(&mut out);
+                }
+            }
+        }
+        out
+    }
+
     fn done(&self) -> bool {
         self.answering.is_some() && !self.registration.exchange.has_pending()
     }
@@ -412,15 +441,33 @@ impl ClientStream {
             if st.finished || st.done() {
                 return None;
             }
-            let next = tokio::select! {
-                next = st.next_message() => Some(next),
-                _ = keep_alive.tick() => None,
+            let mut notifications = st.notifications.take();
+            let notification = async {
+                match &mut notifications {
+                    Some((subscription, after)) => subscription.next().await.filter(|e| e.seq > *after),
+                    None => std::future::pending().await,
+                }
             };
+            let next = tokio::select! {
+                next = st.next_message() => Next::Message(next),
+                Some(change) = notification => Next::Status(Frame::new(&change.json).event("message").encode()),
+                _ = keep_alive.tick() => Next::Status(KEEP_ALIVE),
+            };
+            st.notifications = notifications;
             let bytes = match next {
-                None => KEEP_ALIVE,
-                Some(Ok(message)) => event(&message),
-                Some(Err((_, pending))) if pending.is_empty() => return None,
-                Some(Err((error, pending))) => error.sse_events(&pending),
+                Next::Status(frame) => frame,
+                Next::Message(Ok(message)) => event(&message),
+                Next::Message(Err((error, pending))) => {
+                    // The exit's own status changes, already published, go first.
+                    let mut out = st.published_changes();
+                    if !pending.is_empty() {
+                        out.extend_from_slice(&error.sse_events(&pending));
+                    }
+                    if out.is_empty() {
+                        return None;
+                    }
+                    out.freeze()
+                }
             };
             Some((Ok(bytes), (st, keep_alive, None)))
         });
@@ -471,6 +518,13 @@ impl ClientStream {
     }
 }
 
+/// What a client stream sends next.
+enum Next {
+    Message(Result<Bytes, (ProxyError, Vec<jsonrpc::Request>)>),
+    /// A status notification or a keep-alive, encoded.
+    Status(Bytes),
+}
+
 fn kind_of(message: &[u8]) -> Option<Kind> {
     kind(&serde_json::from_slice(message).ok()?)
 }
@@ -504,7 +558,11 @@ pub async fn legacy_sse(
     let endpoint = format!("/workspaces/{name}/messages?session_id={id}");
     let first = Frame::new(&endpoint).event("endpoint").encode();
     let guard = LegacyGuard { proxy: state.proxy.clone(), name: name.clone(), id };
-    let stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::Shared(session));
+    // The workspace's status changes go on the stream too, from now on (docs/reference.md §8).
+    let bus = &state.ctx.bus;
+    let notifications = (bus.subscribe(Some(std::collections::BTreeSet::from([name.clone()])), None), bus.last_seq());
+    let mut stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::Shared(session));
+    stream.notifications = Some(notifications);
     sse_response(
         StatusCode::OK,
         None,

@@ -31,11 +31,9 @@ impl ProxyError {
     }
 
     pub fn wrong_transport(name: &str, transport: &str) -> ProxyError {
-        let hint = match transport {
-            "stdio" => "stdio children are not bridged yet".to_string(),
-            "sse" => format!("use /workspaces/{name}/sse"),
-            _ => format!("use /workspaces/{name}/mcp"),
-        };
+        // Every route serves every transport (docs/reference.md §9): this
+        // answers only a config change that raced the request's routing.
+        let hint = "its transport changed while the request was routed; retry";
         ProxyError::new(
             StatusCode::BAD_REQUEST,
             SERVER_ERROR,
