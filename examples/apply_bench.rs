@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::{config, free_port, free_range, http_client, print_footer, print_header, summary, workspace_root, InProcess};
+use support::{
+    config, free_port, free_range, http_client, print_footer, print_header, summary, workspace_root, InProcess,
+};
 
 const RUNS: usize = 20;
 

@@ -276,3 +276,15 @@ async fn twenty_concurrent_puts_leave_one_child_and_agree() {
     assert!(entries.iter().all(|e| e["result"] == "applied"));
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_false_answers_202_at_once_and_the_write_still_applies() {
+    let daemon = Daemon::start(&[]).await;
+    let path = "/api/workspaces/later/config?wait=false";
+    let answer = send(&daemon, reqwest::Method::PUT, path, Some(demo().to_string().into_bytes()), None).await;
+    assert_eq!(answer.code, 202, "{}", answer.body);
+    let version = answer.etag.expect("the new version").trim_matches('"').to_string();
+    let running = daemon.wait_status("later", "running", UP).await;
+    assert_eq!(running["appliedVersion"], version.as_str());
+    daemon.stop().await;
+}
