@@ -238,7 +238,9 @@ impl History {
     /// # Errors
     /// git's own words on why it cannot.
     pub async fn check(&self) -> Result<(), HistoryError> {
-        if !self.dir.exists() {
+        // No repository yet (or one being made): the writer starts one with
+        // the first change.
+        if !self.dir.join(".git").exists() {
             return Ok(());
         }
         let output = git(&self.dir)

@@ -185,11 +185,12 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
     });
     let spawner = process::spawner::Spawner::start(tokio::runtime::Handle::current());
     let launcher = Arc::new(LocalLauncher::new(spawner, reaper.clone(), cgroups.clone()));
-    let runtime = process::runtime::RuntimeFile::new(&state_dir, cgroup_roots);
+    let state_files = Arc::new(tokio::sync::Notify::new());
+    let runtime = process::runtime::RuntimeFile::new(&state_dir, cgroup_roots, state_files.clone());
     let (history, history_writer) = history::History::new(&state_dir.join("history"));
     let ctx = Arc::new(SupervisorContext {
         launcher: launcher.clone(),
-        ports: PortAllocator::load(&state_dir, config.port_range.clone()),
+        ports: PortAllocator::load(&state_dir, config.port_range.clone(), state_files.clone()),
         bus: bus.clone(),
         launch: LaunchContext {
             workspaces_dir: workspaces_dir.clone(),
@@ -275,6 +276,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         actors_cancel.clone(),
     ));
     tracker.spawn(reaper.clone().run(actors_cancel.clone()));
+    tracker.spawn(retry_state_files(ctx.clone(), state_files, actors_cancel.clone()));
     tracker.spawn(history_writer.run(actors_cancel.clone()));
 
     let done = tokio::spawn(async move {
@@ -302,4 +304,30 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<R
         tracing::info!("stopped");
     });
     Ok(Running { addr, done })
+}
+
+/// How often a state file whose write failed is written again.
+const STATE_FILE_RETRY: Duration = Duration::from_secs(1);
+
+/// Rewrites `ports.json` and `runtime.json` after a failed write (a full
+/// disk) until both are current again; sleeps while they are.
+async fn retry_state_files(ctx: Arc<SupervisorContext>, failed: Arc<tokio::sync::Notify>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = failed.notified() => {}
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(STATE_FILE_RETRY) => {}
+            }
+            let ctx = ctx.clone();
+            let current = tokio::task::spawn_blocking(move || ctx.ports.flush() & ctx.runtime.flush()).await;
+            if current.unwrap_or(false) {
+                tracing::info!("state files written again");
+                break;
+            }
+        }
+    }
 }

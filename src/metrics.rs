@@ -20,7 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::state::{EventBus, ResourceSample, ResourceView, Snapshot, Status};
+use crate::state::{EventBus, ResourceView, Status};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkspaceLabel {
@@ -171,20 +171,6 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
-    }
-
-    /// Transitional, for the HTTP handler: the same as [`Metrics::encode`];
-    /// the state gauges come from the sources given to [`Metrics::new`],
-    /// which are what the handler passes here.
-    pub fn render(
-        &self,
-        _snapshot: &Snapshot,
-        _resources: &ResourceSample,
-        _subscribers: &[String],
-        _published: u64,
-        _resynced: u64,
-    ) -> String {
-        self.encode()
     }
 }
 

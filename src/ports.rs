@@ -2,26 +2,26 @@
 //!
 //! A workspace keeps its port across child and daemon restarts. A port that
 //! another process holds is skipped when allocating and re-allocated when
-//! the owner's child is about to start on it. Writes are atomic.
+//! the owner's child is about to start on it. Writes are atomic; a write
+//! that fails (a full disk) does not fail the allocation and is retried.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::sync::Notify;
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::StateFile;
 
 /// A port allocation failure.
 #[derive(Debug, Error)]
 pub enum PortError {
     #[error("no free port left in {lo}-{hi}")]
     Exhausted { lo: u16, hi: u16 },
-    #[error("writing {path}: {source}")]
-    Persist { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,15 +34,16 @@ struct PortsFile {
 /// Hands out ports from a range, one per workspace, and remembers them.
 #[derive(Debug)]
 pub struct PortAllocator {
-    path: PathBuf,
+    file: StateFile,
     range: RangeInclusive<u16>,
     allocations: Mutex<BTreeMap<String, u16>>,
 }
 
 impl PortAllocator {
     /// Loads `ports.json` from `state_dir`, keeping allocations that fall in
-    /// `range`. A missing or unreadable file starts empty.
-    pub fn load(state_dir: &Path, range: RangeInclusive<u16>) -> PortAllocator {
+    /// `range`. A missing or unreadable file starts empty. A failed write
+    /// wakes `retry` (see [`PortAllocator::flush`]).
+    pub fn load(state_dir: &Path, range: RangeInclusive<u16>, retry: Arc<Notify>) -> PortAllocator {
         let path = state_dir.join("ports.json");
         let allocations = std::fs::read(&path)
             .ok()
@@ -52,7 +53,7 @@ impl PortAllocator {
             .into_iter()
             .filter(|(_, port)| range.contains(port))
             .collect();
-        PortAllocator { path, range, allocations: Mutex::new(allocations) }
+        PortAllocator { file: StateFile::new(path, retry), range, allocations: Mutex::new(allocations) }
     }
 
     pub fn range(&self) -> (u16, u16) {
@@ -65,10 +66,10 @@ impl PortAllocator {
     }
 
     /// Drops the allocations of workspaces not in `keep` (at daemon start).
-    pub fn retain(&self, keep: &dyn Fn(&str) -> bool) -> Result<(), PortError> {
+    pub fn retain(&self, keep: &dyn Fn(&str) -> bool) {
         let mut allocations = self.allocations.lock().unwrap();
         allocations.retain(|name, _| keep(name));
-        self.persist(&allocations)
+        self.persist(&allocations);
     }
 
     /// The workspace's port: its sticky one when free, else a new free one.
@@ -77,7 +78,7 @@ impl PortAllocator {
     /// holds is replaced, so the child never fails on a taken port.
     ///
     /// # Errors
-    /// Every port of the range is taken, or `ports.json` cannot be written.
+    /// Every port of the range is taken.
     pub fn acquire(&self, name: &str) -> Result<u16, PortError> {
         let mut allocations = self.allocations.lock().unwrap();
         if let Some(&port) = allocations.get(name) {
@@ -93,7 +94,7 @@ impl PortAllocator {
             .find(|p| !taken.contains(p) && is_free(*p))
             .ok_or(PortError::Exhausted { lo: *self.range.start(), hi: *self.range.end() })?;
         allocations.insert(name.to_string(), port);
-        self.persist(&allocations)?;
+        self.persist(&allocations);
         Ok(port)
     }
 
@@ -103,19 +104,26 @@ impl PortAllocator {
     }
 
     /// Releases the workspace's port; call only once its process tree is gone.
-    pub fn release(&self, name: &str) -> Result<(), PortError> {
+    pub fn release(&self, name: &str) {
         let mut allocations = self.allocations.lock().unwrap();
         if allocations.remove(name).is_some() {
-            self.persist(&allocations)?;
+            self.persist(&allocations);
         }
-        Ok(())
     }
 
-    fn persist(&self, allocations: &BTreeMap<String, u16>) -> Result<(), PortError> {
+    /// Writes `ports.json` again when its last write failed; true when the
+    /// file is current.
+    pub fn flush(&self) -> bool {
+        if !self.file.is_stale() {
+            return true;
+        }
+        self.persist(&self.allocations.lock().unwrap())
+    }
+
+    fn persist(&self, allocations: &BTreeMap<String, u16>) -> bool {
         let file =
             PortsFile { version: 1, range: [*self.range.start(), *self.range.end()], allocations: allocations.clone() };
-        let bytes = serde_json::to_vec_pretty(&file).expect("ports serialize");
-        write_atomic(&self.path, &bytes).map_err(|source| PortError::Persist { path: self.path.clone(), source })
+        self.file.write(&serde_json::to_vec_pretty(&file).expect("ports serialize"))
     }
 }
 
@@ -135,16 +143,16 @@ mod tests {
         let lo = portpicker::pick_unused_port().unwrap().max(20000);
         let range = lo..=lo + 50;
         let held = TcpListener::bind(("127.0.0.1", lo)).unwrap();
-        let ports = PortAllocator::load(dir.path(), range.clone());
+        let ports = PortAllocator::load(dir.path(), range.clone(), Default::default());
         let a = ports.acquire("a").unwrap();
         let b = ports.acquire("b").unwrap();
         assert_ne!(a, lo, "a held port is skipped");
         assert_ne!(a, b);
         drop(held);
-        let again = PortAllocator::load(dir.path(), range);
+        let again = PortAllocator::load(dir.path(), range, Default::default());
         assert_eq!(again.acquire("a").unwrap(), a);
         assert_eq!(again.acquire("b").unwrap(), b);
-        again.retain(&|n| n == "a").unwrap();
+        again.retain(&|n| n == "a");
         assert_eq!(again.allocations().len(), 1);
     }
 }

@@ -13,13 +13,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-// The HTTP layer still names these through this module.
-pub use crate::state::ResourceView;
-
 use crate::process::census::Census;
 use crate::process::runtime::{ProcessId, RuntimeFile};
 use crate::process::tree::{ticks_per_second, ProcInfo};
-use crate::state::{Isolation, ResourceSample, ResourceTotals, Resources, Timestamp};
+use crate::state::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources, Timestamp};
 
 /// Samples every `every` until `cancel` fires.
 pub async fn run_sampler(

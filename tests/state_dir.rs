@@ -89,3 +89,71 @@ async fn debug_state_lists_allocations_and_rejects_unknown_components() {
     assert!(sampled["uptimeMs"].as_u64().is_some());
     daemon.stop().await;
 }
+
+/// A tmpfs mounted on a folder for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk(at.to_path_buf())
+    }
+
+    /// Fills the disk with one file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// docs/reference.md §4: a state file whose write failed (a full disk) is
+/// written again once the write can succeed, without any other change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_files_catch_up_after_a_full_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let disk = SmallDisk::mount(&root.join("state"), "2m");
+    std::fs::create_dir_all(root.join("workspaces")).unwrap();
+    write_file(&root.join("workspaces/a.json"), &demo());
+    let daemon = Daemon::start_at(root, port_range()).await;
+    daemon.wait_status("a", "running", UP).await;
+
+    let filler = disk.fill();
+    daemon.write("b", &demo());
+    let b = daemon.wait_status("b", "running", UP).await;
+    let ports = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(root.join("state/ports.json")).unwrap()).unwrap()
+    };
+    assert!(ports()["allocations"].get("b").is_none(), "the full disk kept b out of ports.json: {}", ports());
+
+    std::fs::remove_file(filler).unwrap();
+    eventually("ports.json and runtime.json catch up", UP, || async {
+        let runtime: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("state/runtime.json")).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        match (ports()["allocations"]["b"] == b["port"], runtime["workspaces"]["b"]["pid"] == b["pid"]) {
+            (true, true) => Ok(()),
+            other => Err(format!("ports, runtime current: {other:?}")),
+        }
+    })
+    .await;
+    daemon.stop().await;
+    drop(disk);
+}

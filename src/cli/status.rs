@@ -20,13 +20,13 @@ pub async fn status(url: &str, json: bool) -> Result<(), ClientError> {
     }
     let list: WorkspaceList = client::read(url, response).await?;
     println!(
-        "{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9}",
-        "WORKSPACE", "STATUS", "HEALTH", "PID", "PORT", "UPTIME", "RESTARTS", "BREAKER"
+        "{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9} {}",
+        "WORKSPACE", "STATUS", "HEALTH", "PID", "PORT", "UPTIME", "RESTARTS", "BREAKER", "REASON"
     );
     for w in &list.workspaces {
         let uptime = w.uptime_ms.map(|ms| humantime::format_duration(Duration::from_secs(ms / 1000)));
         println!(
-            "{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9}",
+            "{:<24} {:<9} {:<10} {:>8} {:>6} {:>10} {:>8} {:<9} {}",
             w.workspace,
             w.status,
             name(&w.health),
@@ -35,7 +35,18 @@ pub async fn status(url: &str, json: bool) -> Result<(), ClientError> {
             or_dash(uptime),
             w.restart_count,
             name(&w.breaker.state),
+            or_dash(w.reason.as_deref().map(reason)),
         );
     }
     Ok(())
+}
+
+/// The REASON cell: why the workspace is in its status, in words for the
+/// reasons that need them (docs/reference.md §11).
+fn reason(reason: &str) -> &str {
+    match reason {
+        "on-demand" => "on-demand: starts with the first request",
+        "idle" => "idle: starts again with the next request",
+        other => other,
+    }
 }

@@ -21,8 +21,8 @@ mod watcher;
 pub use schema::{schema_text, workspace_schema, SCHEMA_FILE};
 pub use template::{expand, TemplateError, TemplateVars};
 pub use types::{
-    BreakerConfig, HealthConfig, Limits, RestartConfig, RestartPolicy, StopConfig, StopSignal, Transport,
-    WorkspaceConfig,
+    BreakerConfig, HealthConfig, LifecycleConfig, Limits, RestartConfig, RestartPolicy, StartMode, StopConfig,
+    StopSignal, Transport, WorkspaceConfig,
 };
 pub use validate::{
     escape_controls, is_valid_name, is_workspace_file, judge_bytes, load_dir, load_file, name_of, parse, read_file,

@@ -74,6 +74,9 @@ pub struct WorkspaceConfig {
     /// Resource limits of the child; unset is unlimited.
     #[serde(default)]
     pub limits: Limits,
+    /// When the child starts and when it stops for want of clients.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
 }
 
 fn yes() -> bool {
@@ -96,10 +99,16 @@ impl WorkspaceConfig {
 
     /// Whether a change from `self` to `next` needs a new child.
     ///
-    /// Only `description` and `enabled` can change without one: `enabled` is a
-    /// start or stop of its own, not a restart.
+    /// Only `description`, `enabled` and `lifecycle` can change without one:
+    /// `enabled` is a start or stop of its own, not a restart, and `lifecycle`
+    /// only decides the next start or stop.
     pub fn child_differs(&self, next: &WorkspaceConfig) -> bool {
-        let strip = |c: &WorkspaceConfig| WorkspaceConfig { description: None, enabled: true, ..c.clone() };
+        let strip = |c: &WorkspaceConfig| WorkspaceConfig {
+            description: None,
+            enabled: true,
+            lifecycle: LifecycleConfig::default(),
+            ..c.clone()
+        };
         strip(self) != strip(next)
     }
 }
@@ -299,4 +308,41 @@ pub struct Limits {
     #[serde(default, deserialize_with = "checked::<_, Option<Positive<u64>>>")]
     #[schemars(with = "Option<Positive<u64>>")]
     pub open_files: Option<u64>,
+}
+
+/// When the child starts and when it stops for want of clients (docs/reference.md §11).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct LifecycleConfig {
+    /// Whether the child starts with the daemon or with the first proxied request.
+    pub start: StartMode,
+    /// With no proxied request and no open client stream for this long, the
+    /// child is stopped (reason `idle`, not a failure); the next request
+    /// starts it again. Unset: never.
+    #[serde(
+        serialize_with = "humantime_serde::option::serialize",
+        deserialize_with = "checked::<_, Option<kinds::Duration>>"
+    )]
+    #[schemars(with = "Option<kinds::Duration>")]
+    pub idle_stop: Option<Duration>,
+}
+
+impl LifecycleConfig {
+    /// Whether a proxied request to the stopped workspace may start it and
+    /// wait for it: with `on-demand`, or after an idle stop.
+    pub fn holds_requests(&self) -> bool {
+        self.start == StartMode::OnDemand || self.idle_stop.is_some()
+    }
+}
+
+/// When an enabled workspace's child starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartMode {
+    /// With the daemon (and when the workspace is added or enabled).
+    #[default]
+    Eager,
+    /// With the first request proxied to it; until then it is `stopped`
+    /// with reason `on-demand`, its port allocated.
+    OnDemand,
 }

@@ -157,14 +157,7 @@ pub async fn not_found() -> ApiError {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let bus = &state.ctx.bus;
-    let body = state.ctx.metrics.render(
-        &bus.view().load(),
-        &state.resources.load(),
-        &state.subscribers.list().iter().map(|s| s.workspace.clone()).collect::<Vec<_>>(),
-        bus.last_seq(),
-        bus.resync_count(),
-    );
+    let body = state.ctx.metrics.encode();
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }

@@ -27,7 +27,7 @@ pub use error::ApiError;
 pub use server::{serve, ServerLimits};
 pub use sse::Subscribers;
 
-use crate::resources::ResourceView;
+use crate::state::ResourceView;
 use crate::supervisor::{Registry, SupervisorContext};
 
 /// What handlers share.

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::tree::{proc_info, ProcTable};
-use crate::fsutil::write_atomic;
+use crate::fsutil::StateFile;
 
 /// A process named by pid and start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,17 +69,18 @@ struct RuntimeFileBody {
 /// (trees); clones write the same file.
 #[derive(Debug, Clone)]
 pub struct RuntimeFile {
-    path: PathBuf,
+    file: Arc<StateFile>,
     body: Arc<Mutex<RuntimeFileBody>>,
 }
 
 impl RuntimeFile {
     /// Starts with no workspace, naming the folders whose child cgroups are
     /// workspace cgroups (empty without cgroups); call [`sweep`] on the old
-    /// file first.
-    pub fn new(state_dir: &Path, cgroups: Vec<PathBuf>) -> RuntimeFile {
+    /// file first. A failed write wakes `retry` (see [`RuntimeFile::flush`]).
+    pub fn new(state_dir: &Path, cgroups: Vec<PathBuf>, retry: Arc<tokio::sync::Notify>) -> RuntimeFile {
         let body = RuntimeFileBody { version: 1, cgroups, workspaces: BTreeMap::new() };
-        let file = RuntimeFile { path: state_dir.join("runtime.json"), body: Arc::new(Mutex::new(body)) };
+        let file = StateFile::new(state_dir.join("runtime.json"), retry);
+        let file = RuntimeFile { file: Arc::new(file), body: Arc::new(Mutex::new(body)) };
         file.persist(&file.body.lock().unwrap());
         file
     }
@@ -111,11 +112,17 @@ impl RuntimeFile {
         }
     }
 
-    fn persist(&self, body: &RuntimeFileBody) {
-        let bytes = serde_json::to_vec_pretty(body).expect("runtime serializes");
-        if let Err(e) = write_atomic(&self.path, &bytes) {
-            tracing::warn!(path = %self.path.display(), "writing runtime file: {e}");
+    /// Writes `runtime.json` again when its last write failed; true when the
+    /// file is current.
+    pub fn flush(&self) -> bool {
+        if !self.file.is_stale() {
+            return true;
         }
+        self.persist(&self.body.lock().unwrap())
+    }
+
+    fn persist(&self, body: &RuntimeFileBody) -> bool {
+        self.file.write(&serde_json::to_vec_pretty(body).expect("runtime serializes"))
     }
 }
 

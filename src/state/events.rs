@@ -235,6 +235,7 @@ mod tests {
             status: WorkspaceStatus {
                 workspace: name.into(),
                 status,
+                reason: None,
                 health: Health::Unknown,
                 enabled: true,
                 pid: None,
@@ -261,6 +262,7 @@ mod tests {
             pending: None,
             errors: vec![],
             limits: Default::default(),
+            hold_for: None,
         }
     }
 

@@ -10,12 +10,14 @@
 //! This layer knows nothing of the supervisor, the HTTP surface or how
 //! children run.
 
+mod activity;
 mod events;
 mod resource_history;
 mod resources;
 mod status;
 mod view;
 
+pub use activity::{Active, Activity};
 pub use events::{Event, EventBus, StatusChange, Subscription, DEFAULT_RING_CAPACITY, STATUS_CHANGED};
 pub use resource_history::{ResourceHistory, ResourcePoint};
 pub use resources::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources};

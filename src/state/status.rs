@@ -141,6 +141,10 @@ pub struct ErrorRecord {
 pub struct WorkspaceStatus {
     pub workspace: String,
     pub status: Status,
+    /// Why the workspace is in its status: the reason of its last transition
+    /// (`ready`, `stop`, `on-demand`, `idle`, `exited`, ...).
+    #[serde(default)]
+    pub reason: Option<String>,
     pub health: Health,
     pub enabled: bool,
     pub pid: Option<u32>,
@@ -191,6 +195,11 @@ pub struct WorkspaceRecord {
     pub errors: Vec<ErrorRecord>,
     /// The limits of the config in force.
     pub limits: crate::config::Limits,
+    /// How long a proxied request to the stopped or starting workspace waits
+    /// for its child (its `startupTimeout`), when a request starts it
+    /// (docs/reference.md §11); `None` answers such a request at once.
+    #[serde(skip)]
+    pub hold_for: Option<std::time::Duration>,
 }
 
 impl WorkspaceRecord {

@@ -156,9 +156,7 @@ impl Manager {
                 .map(|f| f.name.clone())
                 .chain(scan.unreadable.iter().map(|e| name_of(&e.path)))
                 .collect();
-            if let Err(e) = self.ctx.ports.retain(&|n| names.iter().any(|m| m == n)) {
-                tracing::warn!("{e}");
-            }
+            self.ctx.ports.retain(&|n| names.iter().any(|m| m == n));
         }
         let loaded = scan.is_some();
         self.reconcile(scan.unwrap_or_default(), false).await;
@@ -387,9 +385,7 @@ impl Manager {
             tokio::spawn(async move {
                 entry.handle.remove().await;
                 // The tree is gone: only now may the port go to someone else.
-                if let Err(e) = ctx.ports.release(&name) {
-                    tracing::warn!("{e}");
-                }
+                ctx.ports.release(&name);
                 if let Some(reply) = reply {
                     let _ = reply.send(Verdict::Applied);
                 }

@@ -57,6 +57,18 @@ def test_badge_colours(page, empty_daemon):
     ]
 
 
+def test_a_workspace_stopped_until_its_next_request_says_so(page, empty_daemon):
+    page.open(empty_daemon)
+    labels = run_module(
+        page,
+        """
+        const reasons = ['on-demand', 'idle', 'stop', undefined];
+        return reasons.map((reason) => [badge({status: 'stopped', reason}).label, group({status: 'stopped', reason})]);
+        """,
+    )
+    assert labels == [["on demand", "stopped"], ["idle", "stopped"], ["stopped", "stopped"], ["stopped", "stopped"]]
+
+
 def test_event_parser_handles_any_chunking(page, empty_daemon):
     page.open(empty_daemon)
     events = run_module(

@@ -64,16 +64,27 @@ impl Drop for SessionGuard {
     }
 }
 
-/// `GET /workspaces/{name}/sse`: the child's event stream, relayed.
+/// `GET /workspaces/{name}/sse`: the child's event stream, relayed; an open
+/// stream counts as activity of the workspace.
 pub async fn sse(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
+    let active = super::demand::begin(&state, &name);
+    super::demand::hold(relay_sse(&state, name, connect, request).await, active)
+}
+
+async fn relay_sse(
+    state: &Arc<AppState>,
+    name: String,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: Request,
+) -> Response {
     let proxy = state.proxy.clone();
     let none = Peeked::default();
-    let run = match proxy.route(&name, "sse") {
+    let run = match super::demand::route(state, &name, "sse").await {
         Ok((_, run)) => run,
         Err(error) => return error.reply(&none),
     };
@@ -283,7 +294,7 @@ async fn relay_message(
         tracing::debug!(workspace = %name, "passing on a body the proxy cannot follow: {e}");
         Peeked::default()
     });
-    let run = match proxy.route(&name, "sse") {
+    let run = match super::demand::route(state, &name, "sse").await {
         Ok((_, run)) => run,
         Err(error) => return error.reply(&peeked),
     };

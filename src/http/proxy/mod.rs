@@ -16,6 +16,7 @@
 
 mod body;
 mod connections;
+mod demand;
 mod error;
 mod headers;
 mod jsonrpc;
@@ -57,14 +58,15 @@ type HttpClient = Client<HttpConnector, Body>;
 
 /// Runs one proxied request, counting it in `mcpvisor_proxy_requests_total`
 /// by status and timing it to the response headers, when the workspace
-/// exists.
+/// exists, and in the workspace's activity until its body is done.
 async fn counted(
     state: &crate::http::AppState,
     workspace: &str,
     relay: impl std::future::Future<Output = Response>,
 ) -> Response {
     let started = tokio::time::Instant::now();
-    let response = relay.await;
+    let active = demand::begin(state, workspace);
+    let response = demand::hold(relay.await, active);
     // Only workspaces that exist: a label per name a client makes up would
     // grow the metrics without bound.
     if state.ctx.bus.view().get(workspace).is_some() {

@@ -86,7 +86,12 @@ async fn relay_mcp(
         Ok(session) => session.map(str::to_string),
         Err(error) => return error.reply(&peeked),
     };
-    let run = match proxy.route(&name, "streamable-http") {
+    // A DELETE ends a session; it is no reason to start a child.
+    let routed = match parts.method {
+        Method::DELETE => proxy.route(&name, "streamable-http"),
+        _ => super::demand::route(state, &name, "streamable-http").await,
+    };
+    let run = match routed {
         Ok((_, run)) => run,
         Err(error) => return error.reply(&peeked),
     };

@@ -1,8 +1,11 @@
 //! The cheap, cloneable handle through which others talk to an actor.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::messages::Command;
+use crate::state::Activity;
 
 /// How many commands may wait for one actor.
 pub const COMMAND_QUEUE: usize = 64;
@@ -11,6 +14,8 @@ pub const COMMAND_QUEUE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct WorkspaceHandle {
     sender: mpsc::Sender<Command>,
+    /// The proxy's record of the workspace's clients, read for idle stops.
+    activity: Arc<Activity>,
 }
 
 /// A command could not be queued.
@@ -23,8 +28,22 @@ pub enum SendError {
 }
 
 impl WorkspaceHandle {
-    pub(super) fn new(sender: mpsc::Sender<Command>) -> WorkspaceHandle {
-        WorkspaceHandle { sender }
+    pub(super) fn new(sender: mpsc::Sender<Command>, activity: Arc<Activity>) -> WorkspaceHandle {
+        WorkspaceHandle { sender, activity }
+    }
+
+    /// The workspace's client activity, which the proxy writes.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    /// Asks the actor to start the child for a request, if the workspace
+    /// wakes on demand; resolves with whether the child is coming (starting
+    /// or running). Waits for room in the queue and for the actor's answer,
+    /// never for the child; `false` when the actor has ended.
+    pub async fn demand(&self) -> bool {
+        let (coming, answer) = oneshot::channel();
+        self.sender.send(Command::Demand { coming }).await.is_ok() && answer.await.unwrap_or(false)
     }
 
     /// Queues `command` without waiting.

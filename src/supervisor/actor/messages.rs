@@ -19,6 +19,10 @@ pub enum Command {
     Stop { noop: Option<oneshot::Sender<bool>> },
     /// Stop the child if it runs, then start it; closes the breaker.
     Restart,
+    /// A proxied request wants the child (docs/reference.md §11): start it if
+    /// the workspace wakes on demand. `coming` learns whether the child is
+    /// starting or running, so the request should wait for it.
+    Demand { coming: oneshot::Sender<bool> },
     /// A new valid config from the workspace file.
     Apply { config: Arc<WorkspaceConfig>, version: String },
     /// The workspace file turned invalid; the last good config keeps running.

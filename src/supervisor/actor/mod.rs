@@ -6,6 +6,7 @@
 //! the thin driver that feeds the core and performs its effects.
 
 mod handle;
+mod lifecycle;
 mod messages;
 pub mod state;
 mod task;

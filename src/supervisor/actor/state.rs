@@ -28,7 +28,9 @@
 //! - a stop cancels every pending restart;
 //! - every status change is published exactly once, as a chain of
 //!   transitions from the old status to the new one;
-//! - `running` follows only a successful readiness probe of the current child.
+//! - `running` follows only a successful readiness probe of the current child;
+//! - an idle stop counts no failure and schedules no restart; a demand starts
+//!   only a workspace that wakes on demand (see `lifecycle`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,8 @@ use crate::process::ExitInfo;
 use crate::state::{BreakerState, Health, Isolation, Status};
 use crate::supervisor::backoff::Backoff;
 use crate::supervisor::breaker::Breaker;
+
+use super::lifecycle::{self, IdleClock};
 
 /// Names one spawned child, so late news of an older child is ignored.
 pub type ChildId = u64;
@@ -110,6 +114,15 @@ pub enum Input {
     Memory { child: ChildId, rss_bytes: u64 },
     /// Time passed [`Core::next_deadline`].
     Tick,
+    /// A proxied request wants the child (docs/reference.md §11): starts a
+    /// stopped workspace that wakes on demand; answered with
+    /// [`Effect::Demanded`].
+    Demand,
+    /// The answer to [`Effect::CheckActivity`]: when the last proxied request
+    /// began or ended, and how many requests and client streams are open.
+    Activity { child: ChildId, last_request: Option<Instant>, open: u32 },
+    /// The answer to [`Effect::ReservePort`].
+    PortReserved { port: u16 },
     /// The daemon is over `--max-memory-mb` and this tree is the largest:
     /// the child is restarted as a memory-limit failure.
     OverDaemonMemory { message: String },
@@ -217,6 +230,15 @@ pub enum Effect {
     /// The actor is done: its child tree is gone. `removed` when the
     /// workspace itself went away.
     Finish { removed: bool },
+    /// The answer to a demand: whether the child is coming (starting or
+    /// running now, or starting once a stop is done), so the request waits.
+    Demanded(bool),
+    /// Read the proxy's activity for the idle clock; answered with
+    /// [`Input::Activity`].
+    CheckActivity { child: ChildId },
+    /// Allocate the workspace's port without starting it (an on-demand
+    /// workspace gets its port at once); answered with [`Input::PortReserved`].
+    ReservePort,
     /// A changed config settled: applied, rolled back or failed.
     Verdict { version: String, verdict: Verdict },
 }
@@ -344,6 +366,10 @@ struct Supervised {
     port: Option<u16>,
     isolation: Option<Isolation>,
     last_health_check: Option<Instant>,
+    /// The last stop was an idle stop: a request starts the child again.
+    parked: bool,
+    /// The idle clock of the current run.
+    idle: IdleClock,
     /// The version of the file as last read.
     file_version: String,
     /// The version of the last config that was applied.
@@ -396,6 +422,11 @@ impl Core {
         let mut out = Vec::new();
         match &mut self.workspace {
             Workspace::NeverValid { .. } => self.publish(&mut out, Status::Stopped, "config invalid"),
+            Workspace::Supervised(ws) if lifecycle::waits_for_demand(&ws.config) => {
+                out.push(Effect::ReservePort);
+                self.publish(&mut out, Status::Stopped, "on-demand");
+                self.applied(&mut out);
+            }
             Workspace::Supervised(ws) if ws.config.enabled => {
                 ws.desired_running = true;
                 ws.trial = Some(ws.version.clone());
@@ -446,7 +477,10 @@ impl Core {
         let sample = ws.state.child().and_then(|run| run.sample_at);
         let own = match &ws.state {
             State::Starting { deadline, .. } => Some(*deadline),
-            State::Running { stable_at, probe_at, .. } => [*stable_at, *probe_at].into_iter().flatten().min(),
+            State::Running { stable_at, probe_at, since, .. } => {
+                let idle_at = ws.idle.deadline(*since, ws.config.lifecycle.idle_stop);
+                [*stable_at, *probe_at, idle_at].into_iter().flatten().min()
+            }
             State::Stopping { kill_at, .. } => *kill_at,
             State::Backoff { until } | State::Open { until } => Some(*until),
             _ => None,
@@ -502,6 +536,14 @@ impl Core {
             Input::Probe { child, kind, result } => self.on_probe(child, kind, result, now, &mut out),
             Input::Memory { child, rss_bytes } => self.on_memory(child, rss_bytes, now, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
+            Input::Demand => self.on_demand(now, &mut out),
+            Input::Activity { child, last_request, open } => self.on_activity(child, last_request, open, now, &mut out),
+            Input::PortReserved { port } => {
+                if let Some(ws) = self.ws().filter(|ws| ws.port.is_none()) {
+                    ws.port = Some(port);
+                    self.update(&mut out);
+                }
+            }
             Input::OverDaemonMemory { message } => self.on_over_daemon_memory(message, now, &mut out),
         }
         out
@@ -565,6 +607,8 @@ impl Core {
             out.push(Effect::Restarted { reason });
         }
         ws.spawned = true;
+        ws.parked = false;
+        ws.idle = IdleClock::default();
         ws.state = State::Spawning { id, from, reason };
         out.push(Effect::Spawn { child: id, config: ws.config.clone() });
     }
@@ -731,6 +775,11 @@ impl Core {
     }
 
     fn on_stop(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        if let Some(ws) = self.ws() {
+            // A stop by hand outranks an idle stop: only a start, or a
+            // request to an on-demand workspace, wakes the child now.
+            ws.parked = false;
+        }
         let noop = self.supervised().is_none_or(|ws| ws.state == State::Stopped);
         out.push(Effect::Noop(noop));
         self.stop(Then::Stop { reason: "stop" }, now, out);
@@ -792,6 +841,73 @@ impl Core {
         self.stop(Then::Start { reason: "restart" }, now, out);
     }
 
+    /// A request wants the child: start it if it wakes on demand, and say
+    /// whether it is coming.
+    fn on_demand(&mut self, now: Instant, out: &mut Vec<Effect>) {
+        let Some(ws) = self.ws() else {
+            out.push(Effect::Demanded(false));
+            return;
+        };
+        let wakes = lifecycle::wakes_on_demand(&ws.config, ws.parked);
+        match &mut ws.state {
+            State::Spawning { .. } | State::Starting { .. } | State::Running { .. } => {
+                out.push(Effect::Demanded(true));
+            }
+            State::Stopping { then: Then::Start { .. }, .. } => out.push(Effect::Demanded(true)),
+            // Restarts after a failure keep their own pace: backoff and the
+            // breaker are not for a client to skip. A removal is final.
+            State::Backoff { .. } | State::Open { .. } | State::Stopping { then: Then::Finish { .. }, .. } => {
+                out.push(Effect::Demanded(false));
+            }
+            State::Reaping { next, .. } if matches!(**next, State::Backoff { .. } | State::Open { .. }) => {
+                out.push(Effect::Demanded(false));
+            }
+            _ if !wakes => out.push(Effect::Demanded(false)),
+            State::Stopping { then, .. } => {
+                // An idle stop under way: start again once the tree is gone.
+                *then = Then::Start { reason: "demand" };
+                ws.desired_running = true;
+                out.push(Effect::Demanded(true));
+                self.update(out);
+            }
+            State::Reaping { .. } | State::Stopped | State::Failed => {
+                // A demand is a start: it closes the breaker like one.
+                ws.desired_running = true;
+                ws.breaker.close();
+                ws.backoff.reset();
+                out.push(Effect::Demanded(true));
+                if matches!(ws.state, State::Reaping { .. }) {
+                    self.stop(Then::Start { reason: "demand" }, now, out);
+                } else {
+                    self.spawn("demand", out);
+                }
+            }
+        }
+    }
+
+    /// The proxy's activity at the idle deadline: stop the child if it idled
+    /// for `idleStop`.
+    fn on_activity(
+        &mut self,
+        id: ChildId,
+        last_request: Option<Instant>,
+        open: u32,
+        now: Instant,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(ws) = self.ws() else { return };
+        let State::Running { child, since, .. } = ws.state else { return };
+        if child.id != id {
+            return;
+        }
+        if ws.idle.answer(since, ws.config.lifecycle.idle_stop, last_request, open, now) {
+            self.stop(Then::Stop { reason: "idle" }, now, out);
+            if let Some(ws) = self.ws() {
+                ws.parked = true;
+            }
+        }
+    }
+
     fn on_finish(&mut self, removed: bool, reason: &'static str, now: Instant, out: &mut Vec<Effect>) {
         if self.ws().is_none() {
             self.finished = true;
@@ -805,10 +921,15 @@ impl Core {
         let Some(ws) = self.ws() else {
             let from = self.status();
             let enabled = config.enabled;
+            let on_demand = lifecycle::waits_for_demand(&config);
             let mut ws = Supervised::new(config, version);
-            ws.desired_running = enabled;
+            ws.desired_running = enabled && !on_demand;
             self.workspace = Workspace::Supervised(Box::new(ws));
-            if enabled {
+            if on_demand {
+                out.push(Effect::ReservePort);
+                self.publish(out, from, "on-demand");
+                self.applied(out);
+            } else if enabled {
                 if let Some(ws) = self.ws() {
                     ws.trial = Some(ws.version.clone());
                 }
@@ -839,6 +960,18 @@ impl Core {
                 self.update(out);
             } else {
                 self.stop(Then::Stop { reason: "disabled" }, now, out);
+            }
+            self.applied(out);
+            return;
+        }
+        if !was_enabled && lifecycle::waits_for_demand(&ws.config) {
+            // Enabling an on-demand workspace leaves its start to a request
+            // (a child still stopping from the disable stops all the same).
+            ws.breaker.close();
+            ws.backoff.reset();
+            match ws.state {
+                State::Stopped => self.publish(out, Status::Stopped, "on-demand"),
+                _ => self.update(out),
             }
             self.applied(out);
             return;
@@ -1078,6 +1211,12 @@ impl Core {
                 out.push(Effect::SampleMemory { child: child.id });
             }
         }
+        if let State::Running { child, since, .. } = &ws.state {
+            if ws.idle.deadline(*since, ws.config.lifecycle.idle_stop).is_some_and(|at| at <= now) {
+                ws.idle.ask();
+                out.push(Effect::CheckActivity { child: child.id });
+            }
+        }
         match &mut ws.state {
             State::Starting { deadline, .. } if *deadline <= now => {
                 let timeout = humantime::format_duration(ws.config.health.startup_timeout);
@@ -1133,6 +1272,8 @@ impl Supervised {
             port: None,
             isolation: None,
             last_health_check: None,
+            parked: false,
+            idle: IdleClock::default(),
             file_version: version.clone(),
             applied_version: None,
             last_good: None,

@@ -23,7 +23,7 @@ use super::state::{ChildId, Core, Effect, Failure, Input, ProbeKind, SpawnFailur
 use crate::config::{FileError, WorkspaceConfig};
 use crate::process::runtime::{ProcessId, RuntimeEntry};
 use crate::process::{build_spec, Child, LogSink};
-use crate::state::{BreakerStatus, ErrorRecord, ProxyPaths, Timestamp, WorkspaceRecord, WorkspaceStatus};
+use crate::state::{Activity, BreakerStatus, ErrorRecord, ProxyPaths, Timestamp, WorkspaceRecord, WorkspaceStatus};
 use crate::supervisor::probe::ProbeTarget;
 use crate::supervisor::SupervisorContext;
 
@@ -48,7 +48,10 @@ pub fn spawn(
     let (sender, commands) = mpsc::channel(COMMAND_QUEUE);
     let (results_sender, results) = mpsc::channel(4);
     let span = tracing::info_span!("workspace", name = %name);
+    let activity = Arc::new(Activity::default());
     let driver = Driver {
+        activity: activity.clone(),
+        reason: None,
         core: Core::new(config, rand::random()),
         name,
         ctx,
@@ -68,7 +71,7 @@ pub fn spawn(
         last_verdict: None,
     };
     tracker.spawn(driver.run().instrument(span));
-    WorkspaceHandle::new(sender)
+    WorkspaceHandle::new(sender, activity)
 }
 
 /// The live child, keyed by the core's id for it.
@@ -99,6 +102,10 @@ struct Driver {
     deferred: Option<Command>,
     /// Answered once the actor finished after a removal.
     removed: Option<oneshot::Sender<()>>,
+    /// What the proxy saw of the clients, for the idle clock.
+    activity: Arc<Activity>,
+    /// The reason of the last transition, shown in the status.
+    reason: Option<&'static str>,
     /// Who waits for the verdict on which config version (API writes).
     waiters: Vec<(String, oneshot::Sender<Verdict>)>,
     /// The last verdict, for a waiter that comes after it.
@@ -164,6 +171,7 @@ impl Driver {
             Command::Start { noop } => (Input::Start, noop),
             Command::Stop { noop } => (Input::Stop, noop),
             Command::Restart => (Input::Restart, None),
+            Command::Demand { coming } => (Input::Demand, Some(coming)),
             Command::Apply { mut config, mut version } => {
                 while let Ok(next) = self.commands.try_recv() {
                     match next {
@@ -233,6 +241,9 @@ impl Driver {
                         tracing::info!(ready_ms = after.as_millis() as u64, "child is ready");
                     }
                     Effect::Publish { view, transition } => {
+                        if let Some(t) = transition {
+                            self.reason = Some(t.reason);
+                        }
                         let record = self.record(&view);
                         match transition {
                             Some(t) => {
@@ -243,11 +254,19 @@ impl Driver {
                             None => self.ctx.bus.update(record),
                         }
                     }
-                    Effect::Noop(noop) => {
+                    Effect::Noop(answer) | Effect::Demanded(answer) => {
                         if let Some(reply) = reply.take() {
-                            let _ = reply.send(noop);
+                            let _ = reply.send(answer);
                         }
                     }
+                    Effect::CheckActivity { child } => {
+                        let (last_request, open) = (self.activity.last(), self.activity.open());
+                        answers.push(Input::Activity { child, last_request, open });
+                    }
+                    Effect::ReservePort => match self.ctx.ports.acquire(&self.name) {
+                        Ok(port) => answers.push(Input::PortReserved { port }),
+                        Err(e) => tracing::warn!("allocating a port for the first request: {e}"),
+                    },
                     Effect::Verdict { version, verdict } => self.verdict(version, verdict),
                     Effect::Finish { removed } => {
                         self.abort_probe();
@@ -384,6 +403,7 @@ impl Driver {
             status: WorkspaceStatus {
                 workspace: name.clone(),
                 status: view.status,
+                reason: self.reason.map(str::to_string),
                 health: view.health,
                 enabled: config.is_some_and(|c| c.enabled),
                 pid: view.pid,
@@ -414,6 +434,7 @@ impl Driver {
             pending: view.pending.map(|(at, what)| format!("{what} at {}", wall_of(at))),
             errors: self.errors.iter().cloned().collect(),
             limits: config.map(|c| c.limits.clone()).unwrap_or_default(),
+            hold_for: config.filter(|c| c.enabled && c.lifecycle.holds_requests()).map(|c| c.health.startup_timeout),
         }
     }
 }

@@ -544,6 +544,157 @@ fn a_failed_spawn_shows_starting_then_error() {
     assert_eq!(failure.as_deref(), Some("spawn: not found"));
 }
 
+/// A config with short timings that starts on demand and stops after 2 s idle.
+fn lazy(lifecycle: &str) -> Arc<WorkspaceConfig> {
+    config(&format!(
+        r#"{{"command": "x",
+            "health": {{"interval": "1s", "timeout": "100ms", "startupTimeout": "5s", "failureThreshold": 2}},
+            "restart": {{"backoffInitial": "1s", "backoffMax": "4s", "stableAfter": "10s"}},
+            "circuitBreaker": {{"failureThreshold": 3, "openFor": "30s", "openMax": "60s"}},
+            "stop": {{"grace": "5s"}}, "lifecycle": {lifecycle}}}"#
+    ))
+}
+
+fn demanded(effects: &[Effect]) -> Option<bool> {
+    effects.iter().find_map(|e| match e {
+        Effect::Demanded(coming) => Some(*coming),
+        _ => None,
+    })
+}
+
+fn checks_activity(effects: &[Effect]) -> bool {
+    has(effects, |e| matches!(e, Effect::CheckActivity { .. }))
+}
+
+#[test]
+fn an_on_demand_workspace_boots_stopped_with_its_port_and_one_demand_starts_it() {
+    let (mut bench, effects) = Bench::new(lazy(r#"{"start": "on-demand"}"#));
+    assert_eq!(moves(&effects), ["stopped>stopped:on-demand"]);
+    assert_eq!(spawns(&effects), 0);
+    assert!(has(&effects, |e| matches!(e, Effect::ReservePort)), "its port is allocated at once");
+    bench.step(Input::PortReserved { port: 41007 });
+    assert_eq!(bench.core.view().port, Some(41007));
+    assert!(!bench.core.view().desired_running);
+
+    let effects = bench.step(Input::Demand);
+    assert_eq!(demanded(&effects), Some(true));
+    assert_eq!(moves(&effects), ["stopped>starting:demand"]);
+    assert_eq!(bench.core.view().restart_count, 0, "the first start is no restart");
+    for _ in 0..9 {
+        let effects = bench.step(Input::Demand);
+        assert_eq!((demanded(&effects), spawns(&effects)), (Some(true), 0), "concurrent demands share the start");
+    }
+    bench.ready();
+    let effects = bench.step(Input::Demand);
+    assert_eq!((demanded(&effects), moves(&effects).len()), (Some(true), 0));
+}
+
+#[test]
+fn a_stop_keeps_an_on_demand_workspace_stopped_until_a_demand_but_an_eager_one_for_good() {
+    let (mut bench, _) = Bench::new(lazy(r#"{"start": "on-demand"}"#));
+    bench.step(Input::Demand);
+    bench.ready();
+    bench.step(Input::Stop);
+    bench.exit(0);
+    assert_eq!(moves(&bench.gone()), ["stopping>stopped:stop"]);
+    assert_eq!(spawns(&bench.advance(Duration::from_secs(600))), 0, "nothing starts it by itself");
+    let effects = bench.step(Input::Demand);
+    assert_eq!(moves(&effects), ["stopped>starting:demand"]);
+    assert_eq!(bench.core.view().restart_count, 1);
+
+    let mut bench = Bench::running();
+    bench.step(Input::Stop);
+    bench.exit(0);
+    bench.gone();
+    let effects = bench.step(Input::Demand);
+    assert_eq!((demanded(&effects), spawns(&effects)), (Some(false), 0), "an eager workspace stopped by hand");
+
+    let (mut bench, _) = Bench::new(lazy(r#"{"start": "on-demand"}"#));
+    let disabled = lazy(r#"{"start": "on-demand"}"#.replace('}', r#"}, "enabled": false"#).as_str());
+    assert!(!disabled.enabled);
+    bench.step(Input::Apply { config: disabled, version: "v2".into() });
+    let effects = bench.step(Input::Demand);
+    assert_eq!((demanded(&effects), spawns(&effects)), (Some(false), 0), "a disabled workspace");
+    let effects = bench.step(Input::Apply { config: lazy(r#"{"start": "on-demand"}"#), version: "v1".into() });
+    assert_eq!(moves(&effects), ["stopped>stopped:on-demand"], "enabling leaves the start to a request");
+}
+
+#[test]
+fn a_demand_does_not_skip_backoff_or_an_open_breaker() {
+    let (mut bench, _) = Bench::new(lazy(r#"{"start": "on-demand"}"#));
+    bench.step(Input::Demand);
+    bench.exit(1);
+    bench.gone(); // the immediate restart
+    bench.exit(1);
+    bench.gone();
+    assert!(bench.core.view().pending.is_some(), "in backoff");
+    let effects = bench.step(Input::Demand);
+    assert_eq!((demanded(&effects), spawns(&effects)), (Some(false), 0));
+}
+
+#[test]
+fn idle_for_idle_stop_stops_with_reason_idle_without_a_failure_and_a_demand_wakes_it() {
+    let (mut bench, _) = Bench::new(lazy(r#"{"idleStop": "2s"}"#));
+    bench.ready();
+    let since = bench.now;
+    assert_eq!(bench.core.next_deadline(), Some(since + Duration::from_secs(1)), "the liveness probe first");
+    bench.advance(Duration::from_secs(1));
+    bench.liveness(true);
+    let effects = bench.advance(Duration::from_secs(1));
+    assert!(checks_activity(&effects), "the idle deadline asks for the activity: {effects:?}");
+    assert!(!checks_activity(&bench.advance(Duration::from_millis(10))), "one check at a time");
+
+    // A request a second ago: the clock counts from it.
+    let child = bench.child;
+    let effects = bench.step(Input::Activity { child, last_request: Some(since + Duration::from_secs(1)), open: 0 });
+    assert!(moves(&effects).is_empty());
+    assert_eq!(bench.core.next_deadline(), Some(since + Duration::from_secs(3)));
+    bench.now = since + Duration::from_secs(3);
+    bench.step(Input::Tick);
+    // A stream is open: it keeps the child.
+    let effects = bench.step(Input::Activity { child, last_request: None, open: 1 });
+    assert!(moves(&effects).is_empty());
+    bench.now += Duration::from_secs(2);
+    bench.step(Input::Tick);
+    let failures = bench.core.view().breaker_failures;
+    let effects = bench.step(Input::Activity { child, last_request: None, open: 0 });
+    assert_eq!(moves(&effects), ["running>stopping:idle"]);
+    assert!(!has(&effects, |e| matches!(e, Effect::Failed(_))));
+    bench.exit(0);
+    let effects = bench.gone();
+    assert_eq!(moves(&effects), ["stopping>stopped:idle"]);
+    assert_eq!(spawns(&effects), 0, "an idle stop schedules no restart");
+    let view = bench.core.view();
+    assert_eq!((view.breaker_failures, view.pending, view.port), (failures, None, Some(41000)));
+    assert_eq!(spawns(&bench.advance(Duration::from_secs(600))), 0);
+
+    let effects = bench.step(Input::Demand);
+    assert_eq!(moves(&effects), ["stopped>starting:demand"], "the next request starts it");
+}
+
+#[test]
+fn a_demand_during_an_idle_stop_starts_the_child_again_once_it_is_gone() {
+    let (mut bench, _) = Bench::new(lazy(r#"{"idleStop": "2s"}"#));
+    bench.ready();
+    bench.now += Duration::from_secs(2);
+    bench.step(Input::Tick);
+    bench.step(Input::Activity { child: bench.child, last_request: None, open: 0 });
+    assert_eq!(bench.core.status(), Status::Stopping);
+    assert_eq!(demanded(&bench.step(Input::Demand)), Some(true));
+    bench.exit(0);
+    assert_eq!(moves(&bench.gone()), ["stopping>stopped:idle", "stopped>starting:demand"]);
+
+    // A stop by hand during it keeps an eager workspace stopped.
+    bench.ready();
+    bench.now += Duration::from_secs(2);
+    bench.step(Input::Tick);
+    bench.step(Input::Activity { child: bench.child, last_request: None, open: 0 });
+    bench.step(Input::Stop);
+    bench.exit(0);
+    assert_eq!(moves(&bench.gone()), ["stopping>stopped:stop"]);
+    assert_eq!(demanded(&bench.step(Input::Demand)), Some(false));
+}
+
 mod invariants {
     //! Random sequences of commands, exits, probe results, config changes
     //! and timer firings against the invariants of the state module.
@@ -569,6 +720,12 @@ mod invariants {
         ToDeadline,
         FailSpawns(bool),
         Remove,
+        Demand,
+        /// Answers an activity check: a stream open, a request just now.
+        ActivityAnswer {
+            open: bool,
+            recent: bool,
+        },
         DaemonMemory,
     }
 
@@ -589,32 +746,40 @@ mod invariants {
             6 => Just(Action::ToDeadline),
             2 => any::<bool>().prop_map(Action::FailSpawns),
             1 => Just(Action::Remove),
+            3 => Just(Action::Demand),
+            3 => (any::<bool>(), any::<bool>()).prop_map(|(open, recent)| Action::ActivityAnswer { open, recent }),
             1 => Just(Action::DaemonMemory),
         ]
     }
 
     /// The configs of one case, parsed once per process: parsing in every
     /// case would cost more than the test itself.
-    fn configs(policy: &'static str, grace: &'static str, variant: u32, enabled: bool) -> Arc<WorkspaceConfig> {
-        type Key = (&'static str, &'static str, u32, bool);
+    fn lifecycle_configs(
+        policy: &'static str,
+        grace: &'static str,
+        lifecycle: &'static str,
+        variant: u32,
+        enabled: bool,
+    ) -> Arc<WorkspaceConfig> {
+        type Key = (&'static str, &'static str, &'static str, u32, bool);
         static CACHE: std::sync::Mutex<Vec<(Key, Arc<WorkspaceConfig>)>> = std::sync::Mutex::new(Vec::new());
-        let key = (policy, grace, variant % 4, enabled);
+        let key = (policy, grace, lifecycle, variant % 4, enabled);
         let mut cache = CACHE.lock().unwrap();
         if let Some((_, config)) = cache.iter().find(|(k, _)| *k == key) {
             return config.clone();
         }
-        let parsed = parse_config(policy, grace, key.2, enabled);
+        let parsed = parse_config(policy, grace, lifecycle, key.3, enabled);
         cache.push((key, parsed.clone()));
         parsed
     }
 
-    fn parse_config(policy: &str, grace: &str, variant: u32, enabled: bool) -> Arc<WorkspaceConfig> {
+    fn parse_config(policy: &str, grace: &str, lifecycle: &str, variant: u32, enabled: bool) -> Arc<WorkspaceConfig> {
         config(&format!(
             r#"{{"command": "x{variant}", "enabled": {enabled},
                 "health": {{"interval": "1s", "timeout": "100ms", "startupTimeout": "3s", "failureThreshold": 2}},
                 "restart": {{"policy": "{policy}", "backoffInitial": "200ms", "backoffMax": "2s", "stableAfter": "5s"}},
                 "circuitBreaker": {{"failureThreshold": 3, "openFor": "4s", "openMax": "16s"}},
-                "stop": {{"grace": "{grace}"}}, "limits": {{"memoryMb": 64}}}}"#
+                "stop": {{"grace": "{grace}"}}, "limits": {{"memoryMb": 64}}, "lifecycle": {lifecycle}}}"#
         ))
     }
 
@@ -629,6 +794,10 @@ mod invariants {
         /// Whether the commands so far want a running child.
         wanted: bool,
         half_open_trials: u32,
+        /// Activity checks asked for and not answered yet.
+        checks: Vec<ChildId>,
+        /// The last stop was an idle stop.
+        idle_stopped: bool,
         /// Versions whose config was in force while the child ran.
         ran: std::collections::HashSet<String>,
     }
@@ -648,9 +817,40 @@ mod invariants {
                     if self.world.live.is_some_and(|(id, _)| id == *child)
             );
             let before = self.core.status();
+            let (demand, answer_open) = match &input {
+                Input::Demand => (true, None),
+                Input::Activity { open, .. } => (false, Some(*open)),
+                _ => (false, None),
+            };
+            let view_before = self.core.view();
             let effects = self.core.step(input, self.now);
             let after = self.core.status();
             check_chain(&effects, before, after)?;
+            if demand && spawns(&effects) > 0 {
+                let config = view_before.config.as_ref().expect("a spawn needs a config");
+                let wakes = config.lifecycle.start == crate::config::StartMode::OnDemand || self.world.idle_stopped;
+                prop_assert!(config.enabled && wakes, "a demand started a workspace that does not wake on demand");
+                prop_assert!(view_before.pending.is_none(), "a demand skipped a pending restart");
+            }
+            let idle: Vec<Transition> = transitions(&effects).into_iter().filter(|t| t.reason == "idle").collect();
+            if !idle.is_empty() {
+                // An idle stop is no failure, and it brings no start of its
+                // own: `wanted` turns false below, so only a later start or
+                // demand may spawn (checked in `perform`).
+                prop_assert!(!has(&effects, |e| matches!(e, Effect::Failed(_))), "an idle stop counted as a failure");
+                let view = self.core.view();
+                prop_assert_eq!(
+                    view.breaker_failures,
+                    view_before.breaker_failures,
+                    "an idle stop counted as a failure"
+                );
+                prop_assert!(view.pending.is_none(), "an idle stop scheduled a restart");
+            }
+            if idle.iter().any(|t| t.from == Status::Running) {
+                prop_assert_eq!(answer_open, Some(0), "an idle stop with a stream open, or without a check");
+                self.world.wanted = false;
+                self.world.idle_stopped = true;
+            }
             for t in transitions(&effects) {
                 if t.to == Status::Running && t.from != Status::Running {
                     prop_assert!(readiness_ok, "running without a successful readiness probe");
@@ -673,6 +873,7 @@ mod invariants {
                         prop_assert!(self.world.live.is_none(), "spawn while child {:?} lives", self.world.live);
                         prop_assert!(self.world.wanted, "spawn after a stop, with no start since");
                         prop_assert!(breaker != BreakerState::Open, "spawn while the breaker is open");
+                        self.world.idle_stopped = false;
                         if breaker == BreakerState::HalfOpen {
                             self.world.half_open_trials += 1;
                             prop_assert!(self.world.half_open_trials <= 1, "a second half-open trial");
@@ -697,6 +898,14 @@ mod invariants {
                     Effect::Probe { child, kind } => self.world.probes.push((child, kind)),
                     Effect::SampleMemory { child } => self.world.samples.push(child),
                     Effect::Finish { .. } => self.world.wanted = false,
+                    Effect::Demanded(true) => self.world.wanted = true,
+                    Effect::CheckActivity { child } => {
+                        prop_assert!(
+                            !self.world.checks.contains(&child),
+                            "a second activity check before the first answer"
+                        );
+                        self.world.checks.push(child);
+                    }
                     Effect::Verdict { version, verdict: Verdict::RolledBack { to, .. } } => {
                         // After a failed apply, the config in force is the
                         // last good one: one that ran, never the failed one.
@@ -740,11 +949,19 @@ mod invariants {
         fn random_inputs_keep_the_invariants(
             policy in prop_oneof![Just("always"), Just("on-failure"), Just("never")],
             grace in prop_oneof![Just("1ms"), Just("2s")],
+            lifecycle in prop_oneof![
+                Just("{}"),
+                Just(r#"{"start": "on-demand"}"#),
+                Just(r#"{"idleStop": "2s"}"#),
+                Just(r#"{"start": "on-demand", "idleStop": "2s"}"#),
+            ],
             actions in prop::collection::vec(action(), 1..80),
         ) {
+            let configs = |policy, grace, variant, enabled| lifecycle_configs(policy, grace, lifecycle, variant, enabled);
+            let on_demand = lifecycle.contains("on-demand");
             let mut core = Core::new(Ok((configs(policy, grace, 0, true), "v0".into())), 3);
             let boot = core.boot();
-            let mut run = Run { core, world: World { wanted: true, ..World::default() }, now: Instant::now() };
+            let mut run = Run { core, world: World { wanted: !on_demand, ..World::default() }, now: Instant::now() };
             run.perform(boot)?;
             let mut variant = 0;
             for action in actions {
@@ -759,6 +976,7 @@ mod invariants {
                     }
                     Action::Stop => {
                         run.world.wanted = false;
+                        run.world.idle_stopped = false;
                         run.step(Input::Stop)?;
                     }
                     Action::Restart => {
@@ -773,7 +991,7 @@ mod invariants {
                         let was_enabled = run.core.config().is_some_and(|c| c.enabled);
                         if !enabled {
                             run.world.wanted = false;
-                        } else if !was_enabled {
+                        } else if !was_enabled && !on_demand {
                             run.world.wanted = true;
                         }
                         let config = configs(policy, grace, variant, enabled);
@@ -820,6 +1038,13 @@ mod invariants {
                     Action::Remove => {
                         run.world.wanted = false;
                         run.step(Input::Remove)?;
+                    }
+                    Action::Demand => run.step(Input::Demand)?,
+                    Action::ActivityAnswer { open, recent } => {
+                        if let Some(child) = run.world.checks.pop() {
+                            let last_request = recent.then_some(run.now);
+                            run.step(Input::Activity { child, last_request, open: u32::from(open) })?;
+                        }
                     }
                 }
             }
@@ -932,7 +1157,7 @@ mod driver {
         let bus = EventBus::new(Arc::new(StateView::new()), 64);
         let ctx = Arc::new(SupervisorContext {
             launcher: launcher.clone(),
-            ports: crate::ports::PortAllocator::load(dir.path(), 45000..=45010),
+            ports: crate::ports::PortAllocator::load(dir.path(), 45000..=45010, Default::default()),
             bus: bus.clone(),
             launch: LaunchContext {
                 workspaces_dir: dir.path().into(),
@@ -940,7 +1165,7 @@ mod driver {
                 mcpvisor_exe: "/bin/true".into(),
             },
             prober: Arc::new(ReadyProber),
-            runtime: crate::process::runtime::RuntimeFile::new(dir.path(), vec![]),
+            runtime: crate::process::runtime::RuntimeFile::new(dir.path(), vec![], Default::default()),
             metrics: crate::metrics::Metrics::new(crate::metrics::StateSources {
                 bus: bus.clone(),
                 resources: Default::default(),

@@ -49,13 +49,19 @@ export function ago(at, now = Date.now()) {
   return `${duration(now - t)} ago`;
 }
 
+/** Labels of a stopped workspace that a request starts again (docs/reference.md §11). */
+const WAKING = { 'on-demand': 'on demand', idle: 'idle' };
+
 /**
  * The badge of a workspace: `{tone, label}`, tone one of green (running
  * and healthy), yellow (running, not healthy), red (error), blue (starting,
- * stopping), grey (stopped, unknown).
+ * stopping), grey (stopped, unknown). A workspace stopped until its next
+ * request reads `on demand` or `idle`.
  */
 export function badge(w) {
   switch (w.status) {
+    case 'stopped':
+      return { tone: 'grey', label: WAKING[w.reason] ?? 'stopped' };
     case 'running':
       if (w.health === 'healthy' || w.health == null) return { tone: 'green', label: 'running' };
       return { tone: 'yellow', label: w.health === 'unknown' ? 'running' : w.health };
@@ -78,6 +84,7 @@ export function group(w) {
 export function badgeTitle(w) {
   const parts = [`${w.status}${w.health && w.status === 'running' ? ` (${w.health})` : ''}`];
   if (w.reason) parts.push(`reason: ${w.reason}${w.changedAt ? ` at ${clock(w.changedAt)}` : ''}`);
+  if (w.status === 'stopped' && WAKING[w.reason]) parts.push('the next request to it starts it');
   if (w.configError) parts.push(`config error: ${w.configError.message ?? JSON.stringify(w.configError)}`);
   if (w.status === 'error' && w.lastError) parts.push(`last error: ${w.lastError.message}`);
   return parts.join('\n');
