@@ -116,9 +116,22 @@ async fn put_of_a_new_workspace_answers_running_writes_the_file_and_commits_appl
     daemon.stop().await;
 }
 
+/// Four free ports below the kernel's ephemeral range (32768 and up), so no
+/// outgoing connection of a parallel test can take the workspace's port
+/// between its children and make the allocator move it.
+fn quiet_range() -> (u16, u16) {
+    let start = 21000 + (std::process::id() % 2000) as u16 * 5;
+    (start..32000)
+        .step_by(5)
+        .find(|&lo| (lo..lo + 4).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()))
+        .map(|lo| (lo, lo + 3))
+        .expect("four free ports below 32000")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_of_a_config_that_exits_at_once_rolls_back_to_the_old_child_and_file() {
-    let daemon = Daemon::start(&[("roll", demo())]).await;
+    let range = quiet_range();
+    let daemon = Daemon::start_with(&[("roll", demo())], |c| c.port_range = range.0..=range.1).await;
     let before = daemon.wait_status("roll", "running", UP).await;
 
     let answer = put(&daemon, "roll", &failing()).await;

@@ -157,7 +157,10 @@ impl ConfigWriter {
                     let _ = accepted.send(Err(e));
                 }
                 Ok(prepared) => {
-                    let _ = writer.requests.send(FileRequest::Begin { name: name.clone() }).await;
+                    // The file is touched only once no scan can act on it.
+                    let (held, holding) = oneshot::channel();
+                    let _ = writer.requests.send(FileRequest::Begin { name: name.clone(), held }).await;
+                    let _ = holding.await;
                     let result = writer.apply(&name, prepared, accepted).await;
                     let _ = writer.requests.send(FileRequest::End { name }).await;
                     let _ = outcome.send(result);
