@@ -402,8 +402,8 @@ impl Manager {
         let next = Applied::of(&file);
         let over_limit = self.over_limit.contains(&file.name);
         match self.applied.get(&file.name) {
-            Some(applied) if *applied == next && !over_limit => return self.registry.get(&file.name),
-            Some(_) if over_limit && self.at_limit() => return self.registry.get(&file.name),
+            Some(applied) if *applied == next && !over_limit => self.registry.get(&file.name),
+            Some(_) if over_limit && self.at_limit() => self.registry.get(&file.name),
             Some(_) => {
                 self.over_limit.remove(&file.name);
                 self.record(&file, source);
