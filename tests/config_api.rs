@@ -192,6 +192,11 @@ async fn stale_if_match_is_412_patch_changes_one_key_and_delete_frees_the_port()
     let before = daemon.wait_status("keys", "running", UP).await;
     let path = "/api/workspaces/keys/config";
 
+    let (code, body) = daemon.get("/api/workspaces/..%2F..%2Fetc%2Fpasswd/config").await;
+    assert_eq!(code, 400, "never a path outside the folder: {body}");
+    let (code, body) = daemon.get("/api/workspaces/..%2Fx/history").await;
+    assert_eq!((code, &body["history"]), (200, &json!([])), "{body}");
+
     let stale =
         send(&daemon, reqwest::Method::PUT, path, Some(demo_with_env("x").to_string().into()), Some("\"sha256:old\""))
             .await;

@@ -27,7 +27,8 @@ enum Rule {
 /// - `resources` (the sampler) measures `process/` trees into `state/`.
 /// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
 /// - `history` (the git-backed config history) knows only `state/` (for
-///   timestamps): it stores bytes and never applies anything.
+///   timestamps) and `config/` (workspace names): it stores bytes and never
+///   applies anything.
 /// - `doctor` (the system check) holds beliefs against `/proc` and files; it
 ///   is handed the beliefs and knows nothing of who holds them.
 const RULES: &[(&str, Rule)] = &[
@@ -38,7 +39,7 @@ const RULES: &[(&str, Rule)] = &[
     ("resources", Rule::Only(&["state", "process"])),
     ("lock", Rule::Only(&[])),
     ("sse", Rule::Only(&[])),
-    ("history", Rule::Only(&["state"])),
+    ("history", Rule::Only(&["state", "config"])),
     ("doctor", Rule::Forbid(&["supervisor", "http"])),
 ];
 

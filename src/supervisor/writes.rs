@@ -126,6 +126,10 @@ impl ConfigWriter {
     /// # Errors
     /// The file exists but cannot be read.
     pub fn read(&self, name: &str) -> Result<Option<Stored>, WriteError> {
+        if !is_valid_name(name) {
+            // Never a path outside the folder (`../x`).
+            return Err(WriteError::BadName(name.to_string()));
+        }
         let path = self.path(name);
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(Stored { file: judge_bytes(&path, &bytes), bytes })),
