@@ -211,6 +211,10 @@ impl History {
     /// git cannot be run or cannot read the repository. A repository with
     /// no commit yet has an empty history.
     pub async fn list(&self, workspace: &str) -> Result<Vec<Entry>, HistoryError> {
+        if !crate::config::is_valid_name(workspace) {
+            // Not a workspace, so not in the history: never a pattern or path for git.
+            return Ok(Vec::new());
+        }
         log(&self.dir, workspace, None).await
     }
 
@@ -238,8 +242,8 @@ impl History {
     /// # Errors
     /// git's own words on why it cannot.
     pub async fn check(&self) -> Result<(), HistoryError> {
-        // No repository yet (or one being made): the writer starts one with
-        // the first change.
+        // No repository yet: the writer starts one with the first change, and
+        // moves it into place whole (see `Writer::init`).
         if !self.dir.join(".git").exists() {
             return Ok(());
         }
@@ -398,8 +402,7 @@ impl Writer {
 
     async fn try_commit(&self, commit: &Commit) -> Result<(), String> {
         if !self.dir.join(".git").exists() {
-            tokio::fs::create_dir_all(&self.dir).await.map_err(|e| format!("creating the folder: {e}"))?;
-            run(git(&self.dir).args(["init", "-q"])).await?;
+            self.init().await?;
         }
         let file = format!("{}.json", commit.workspace);
         tokio::fs::write(self.dir.join(&file), &commit.content[..])
@@ -415,6 +418,23 @@ impl Writer {
             crate::state::Timestamp::now()
         );
         run(git(&self.dir).args(["commit", "-q", "--allow-empty", "--no-verify", "-m", &subject, "-m", &body])).await
+    }
+}
+
+impl Writer {
+    /// Creates the repository beside the folder, then moves its `.git` in
+    /// with one rename, so no reader ever sees half a repository.
+    async fn init(&self) -> Result<(), String> {
+        let fresh = self.dir.with_extension("init");
+        let _ = tokio::fs::remove_dir_all(&fresh).await;
+        tokio::fs::create_dir_all(&fresh).await.map_err(|e| format!("creating {}: {e}", fresh.display()))?;
+        run(git(&fresh).args(["init", "-q"])).await?;
+        tokio::fs::create_dir_all(&self.dir).await.map_err(|e| format!("creating the folder: {e}"))?;
+        tokio::fs::rename(fresh.join(".git"), self.dir.join(".git"))
+            .await
+            .map_err(|e| format!("moving the new repository into place: {e}"))?;
+        let _ = tokio::fs::remove_dir_all(&fresh).await;
+        Ok(())
     }
 }
 

@@ -116,9 +116,22 @@ async fn put_of_a_new_workspace_answers_running_writes_the_file_and_commits_appl
     daemon.stop().await;
 }
 
+/// Four free ports below the kernel's ephemeral range (32768 and up), so no
+/// outgoing connection of a parallel test can take the workspace's port
+/// between its children and make the allocator move it.
+fn quiet_range() -> (u16, u16) {
+    let start = 21000 + (std::process::id() % 2000) as u16 * 5;
+    (start..32000)
+        .step_by(5)
+        .find(|&lo| (lo..lo + 4).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()))
+        .map(|lo| (lo, lo + 3))
+        .expect("four free ports below 32000")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_of_a_config_that_exits_at_once_rolls_back_to_the_old_child_and_file() {
-    let daemon = Daemon::start(&[("roll", demo())]).await;
+    let range = quiet_range();
+    let daemon = Daemon::start_with(&[("roll", demo())], |c| c.port_range = range.0..=range.1).await;
     let before = daemon.wait_status("roll", "running", UP).await;
 
     let answer = put(&daemon, "roll", &failing()).await;
@@ -178,6 +191,11 @@ async fn stale_if_match_is_412_patch_changes_one_key_and_delete_frees_the_port()
     let daemon = Daemon::start(&[("keys", demo())]).await;
     let before = daemon.wait_status("keys", "running", UP).await;
     let path = "/api/workspaces/keys/config";
+
+    let (code, body) = daemon.get("/api/workspaces/..%2F..%2Fetc%2Fpasswd/config").await;
+    assert_eq!(code, 400, "never a path outside the folder: {body}");
+    let (code, body) = daemon.get("/api/workspaces/..%2Fx/history").await;
+    assert_eq!((code, &body["history"]), (200, &json!([])), "{body}");
 
     let stale =
         send(&daemon, reqwest::Method::PUT, path, Some(demo_with_env("x").to_string().into()), Some("\"sha256:old\""))
@@ -274,5 +292,17 @@ async fn twenty_concurrent_puts_leave_one_child_and_agree() {
     assert_eq!(entries.len(), 21, "the first file, then each write");
     assert_eq!(entries[0]["configVersion"], status["configVersion"], "the newest commit is what runs");
     assert!(entries.iter().all(|e| e["result"] == "applied"));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_false_answers_202_at_once_and_the_write_still_applies() {
+    let daemon = Daemon::start(&[]).await;
+    let path = "/api/workspaces/later/config?wait=false";
+    let answer = send(&daemon, reqwest::Method::PUT, path, Some(demo().to_string().into_bytes()), None).await;
+    assert_eq!(answer.code, 202, "{}", answer.body);
+    let version = answer.etag.expect("the new version").trim_matches('"').to_string();
+    let running = daemon.wait_status("later", "running", UP).await;
+    assert_eq!(running["appliedVersion"], version.as_str());
     daemon.stop().await;
 }

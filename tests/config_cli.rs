@@ -59,7 +59,7 @@ async fn apply_edit_history_diff_rollback_and_rm() {
     let (code, out) = mcpvisor(&daemon, &["edit", "clied"], &[("EDITOR", editor), ("VISUAL", "")]).await;
     assert_eq!(code, 0, "{out}");
     let status = daemon.wait_status("clied", "running", UP).await;
-    assert_eq!(std::fs::read_to_string(daemon.workspaces().join("clied.json")).unwrap().contains("two"), true);
+    assert!(std::fs::read_to_string(daemon.workspaces().join("clied.json")).unwrap().contains("two"));
 
     let (_, out) = eventually("four history lines", UP, || async {
         let (code, out) = mcpvisor(&daemon, &["history", "clied"], &[]).await;

@@ -29,7 +29,8 @@ enum Rule {
 ///   nothing of who supervises the child or who serves its sessions.
 /// - `lock` stands alone, and so does `sse` (the one SSE encoder and parser).
 /// - `history` (the git-backed config history) knows only `state/` (for
-///   timestamps): it stores bytes and never applies anything.
+///   timestamps) and `config/` (workspace names): it stores bytes and never
+///   applies anything.
 /// - `doctor` (the system check) holds beliefs against `/proc` and files; it
 ///   is handed the beliefs and knows nothing of who holds them.
 const RULES: &[(&str, Rule)] = &[
@@ -41,7 +42,7 @@ const RULES: &[(&str, Rule)] = &[
     ("resources", Rule::Only(&["state", "process"])),
     ("lock", Rule::Only(&[])),
     ("sse", Rule::Only(&[])),
-    ("history", Rule::Only(&["state"])),
+    ("history", Rule::Only(&["state", "config"])),
     ("doctor", Rule::Forbid(&["supervisor", "http"])),
 ];
 

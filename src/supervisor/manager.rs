@@ -47,8 +47,9 @@ struct Applied {
 #[derive(Debug)]
 pub enum FileRequest {
     /// The API is about to write `name`'s file: scans leave it alone until
-    /// [`FileRequest::End`].
-    Begin { name: String },
+    /// [`FileRequest::End`]. `held` is answered once no scan can act on the
+    /// file any more (one in progress when the request came has finished).
+    Begin { name: String, held: oneshot::Sender<()> },
     /// `name`'s file was written or removed: reconcile it now. With a
     /// `source`, its config goes to the history, to be committed with its
     /// verdict. `reply` hears the verdict; for a removed file,
@@ -229,8 +230,9 @@ impl Manager {
     /// Handles one request of the API.
     async fn request(&mut self, request: FileRequest) {
         match request {
-            FileRequest::Begin { name } => {
+            FileRequest::Begin { name, held } => {
                 self.held.insert(name);
+                let _ = held.send(());
             }
             FileRequest::End { name } => {
                 self.held.remove(&name);
@@ -420,8 +422,8 @@ impl Manager {
         let next = Applied::of(&file);
         let over_limit = self.over_limit.contains(&file.name);
         match self.applied.get(&file.name) {
-            Some(applied) if *applied == next && !over_limit => return self.registry.get(&file.name),
-            Some(_) if over_limit && self.at_limit() => return self.registry.get(&file.name),
+            Some(applied) if *applied == next && !over_limit => self.registry.get(&file.name),
+            Some(_) if over_limit && self.at_limit() => self.registry.get(&file.name),
             Some(_) => {
                 self.over_limit.remove(&file.name);
                 self.record(&file, source);

@@ -126,6 +126,10 @@ impl ConfigWriter {
     /// # Errors
     /// The file exists but cannot be read.
     pub fn read(&self, name: &str) -> Result<Option<Stored>, WriteError> {
+        if !is_valid_name(name) {
+            // Never a path outside the folder (`../x`).
+            return Err(WriteError::BadName(name.to_string()));
+        }
         let path = self.path(name);
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(Stored { file: judge_bytes(&path, &bytes), bytes })),
@@ -157,7 +161,10 @@ impl ConfigWriter {
                     let _ = accepted.send(Err(e));
                 }
                 Ok(prepared) => {
-                    let _ = writer.requests.send(FileRequest::Begin { name: name.clone() }).await;
+                    // The file is touched only once no scan can act on it.
+                    let (held, holding) = oneshot::channel();
+                    let _ = writer.requests.send(FileRequest::Begin { name: name.clone(), held }).await;
+                    let _ = holding.await;
                     let result = writer.apply(&name, prepared, accepted).await;
                     let _ = writer.requests.send(FileRequest::End { name }).await;
                     let _ = outcome.send(result);
