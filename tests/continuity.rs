@@ -165,3 +165,25 @@ async fn an_rmcp_session_survives_a_killed_child() {
     let _ = client.cancel().await;
     daemon.stop().await;
 }
+
+/// The same across a `kill -9` and a `restart` for a `stdio` child, whose
+/// sessions live on the stdio bridge's hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_a_stdio_child_survives_its_restarts() {
+    let stdio =
+        json!({"command": "${MCPVISOR}", "args": ["demo-server", "--transport", "stdio"], "transport": "stdio"});
+    let daemon = Daemon::start(&[("piped", stdio)]).await;
+    daemon.wait_status("piped", "running", UP).await;
+    let mut session = Session::open(&format!("{}/workspaces/piped/mcp", daemon.url)).await;
+    let first = session.pid().await;
+
+    kill9(first);
+    let second = replaced(&daemon, "piped", first).await;
+    assert_eq!(session.pid().await, second, "answered by the new stdio child after kill -9");
+
+    daemon.post("/api/workspaces/piped/restart").await;
+    let third = session.pid().await;
+    assert_ne!(third, second, "answered by the stdio child after the restart");
+    assert_eq!(carried_over(&daemon, "piped").await, [json!(2)], "one session, carried over twice");
+    daemon.stop().await;
+}

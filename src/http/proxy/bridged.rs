@@ -33,6 +33,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::connections::{Exchange, Registration};
+use super::continuity::{Replay, MAX_REPLAYED_INITIALIZE};
 use super::jsonrpc::{self, Peeked, SERVER_ERROR};
 use super::relay::sleep_until;
 use super::{body, peer, Proxy, ProxyError, Run};
@@ -48,12 +49,31 @@ const MAX_SESSIONS: usize = 10_000;
 /// One client session on a stdio child, by mcpvisor's session id.
 #[derive(Debug)]
 pub struct ClientSession {
+    id: String,
     workspace: String,
-    upstream: Box<dyn Upstream>,
+    /// The session on the current child; replaced when the session is
+    /// carried over to a new child (docs/reference.md §11).
+    upstream: Mutex<Arc<dyn Upstream>>,
     /// A legacy session's one stream, which takes every answer, and the
     /// exchange that lists the requests it waits on.
     legacy: Option<(Sink, Arc<Exchange>)>,
     created: u64,
+    /// What a new child must hear again; `None` for a session that is not
+    /// carried over (a legacy one, or one whose `initialize` was too large).
+    replay: Option<Mutex<Replay>>,
+    /// Held while the session is carried over, so concurrent requests do it once.
+    rebinding: tokio::sync::Mutex<()>,
+}
+
+impl ClientSession {
+    fn upstream(&self) -> Arc<dyn Upstream> {
+        self.upstream.lock().unwrap().clone()
+    }
+
+    /// Whether the session outlives its child: it is carried over on its next use.
+    fn carried(&self) -> bool {
+        self.replay.is_some()
+    }
 }
 
 /// The client sessions of stdio children.
@@ -73,13 +93,22 @@ impl Sessions {
         workspace: &str,
         upstream: Box<dyn Upstream>,
         legacy: Option<(Sink, Arc<Exchange>)>,
+        replay: Option<Replay>,
     ) -> Arc<ClientSession> {
         let created = self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session = Arc::new(ClientSession { workspace: workspace.to_string(), upstream, legacy, created });
+        let session = Arc::new(ClientSession {
+            id: id.to_string(),
+            workspace: workspace.to_string(),
+            upstream: Mutex::new(Arc::from(upstream)),
+            legacy,
+            created,
+            replay: replay.map(Mutex::new),
+            rebinding: tokio::sync::Mutex::new(()),
+        });
         let mut table = self.table.lock().unwrap();
         // Sessions whose child went away are answered 404 and forgotten
-        // when next used; those never used again go here.
-        table.retain(|_, s| !s.upstream.is_closed());
+        // when next used (unless carried over); those never used again go here.
+        table.retain(|_, s| !gone(s));
         if table.len() >= MAX_SESSIONS {
             let oldest = table.iter().min_by_key(|(_, s)| s.created).map(|(id, _)| id.clone());
             if let Some(oldest) = oldest {
@@ -94,7 +123,7 @@ impl Sessions {
     fn get(&self, workspace: &str, id: &str) -> Option<Arc<ClientSession>> {
         let mut table = self.table.lock().unwrap();
         let session = table.get(id).filter(|s| s.workspace == workspace)?.clone();
-        if session.upstream.is_closed() {
+        if gone(&session) {
             table.remove(id);
             return None;
         }
@@ -106,19 +135,86 @@ impl Sessions {
     }
 }
 
-/// What a stream keeps alive: a session of the table, or a session of its own.
+/// Whether `session` ended for good: closed, and not to be carried over to
+/// a new child.
+fn gone(session: &ClientSession) -> bool {
+    let upstream = session.upstream();
+    upstream.is_closed() && !(session.carried() && upstream.child_gone())
+}
+
+/// What a stream keeps alive: a session of the table (with its upstream as
+/// the stream began), or a session of its own.
 enum Held {
-    Shared(Arc<ClientSession>),
-    Own(Box<dyn Upstream>),
+    Shared(#[allow(dead_code)] Arc<ClientSession>, Arc<dyn Upstream>),
+    Own(Arc<dyn Upstream>),
 }
 
 impl Held {
+    fn shared(session: Arc<ClientSession>) -> Held {
+        let upstream = session.upstream();
+        Held::Shared(session, upstream)
+    }
+
     fn upstream(&self) -> &dyn Upstream {
         match self {
-            Held::Shared(session) => session.upstream.as_ref(),
-            Held::Own(session) => session.as_ref(),
+            Held::Shared(_, upstream) | Held::Own(upstream) => upstream.as_ref(),
         }
     }
+}
+
+/// How long a request of a carried session waits for its workspace to run again.
+const RESTART_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long one replayed message may take on the new child.
+const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Carries `session` over to the child of `run` when its own child is gone:
+/// a new session there, told again what the client said (its `initialize`,
+/// `notifications/initialized`, log level and subscriptions; the answers
+/// stay here), then put in place (docs/reference.md §11).
+///
+/// # Errors
+/// The new child could not be reached, or did not answer a replayed request.
+async fn carry_over(state: &AppState, name: &str, session: &ClientSession, run: &Run) -> Result<(), ProxyError> {
+    let Some(replay) = &session.replay else { return Ok(()) };
+    if !session.upstream().child_gone() {
+        return Ok(());
+    }
+    let _rebinding = session.rebinding.lock().await;
+    if !session.upstream().child_gone() {
+        return Ok(());
+    }
+    let upstream: Arc<dyn Upstream> = Arc::from(open_upstream(state, name, run).await?);
+    let messages = replay.lock().unwrap().messages();
+    let (sink, mut outbox) = upstream.channel();
+    let refused = |detail: String| {
+        ProxyError::new(
+            StatusCode::BAD_GATEWAY,
+            SERVER_ERROR,
+            format!("carrying the session over to the new child: {detail}"),
+            None,
+        )
+    };
+    for message in messages {
+        let value: Value = serde_json::from_slice(&message).map_err(|e| refused(e.to_string()))?;
+        let waits = value.get("id").is_some();
+        upstream.send(value, &sink).map_err(|e| refused(e.to_string()))?;
+        if waits {
+            // The answer, and whatever the child says before it, stay here.
+            let answered = async {
+                while let Some(answer) = outbox.recv().await {
+                    if jsonrpc::response_id(&answer).is_some() {
+                        return Ok(());
+                    }
+                }
+                Err(refused("the session closed".into()))
+            };
+            tokio::time::timeout(REPLAY_TIMEOUT, answered).await.map_err(|_| refused("no answer in time".into()))??;
+        }
+    }
+    *session.upstream.lock().unwrap() = upstream;
+    state.proxy.connections.carried_over(name, &session.id);
+    tracing::info!(workspace = name, pid = run.pid(), "client session carried over to a new child");
+    Ok(())
 }
 
 /// The workspace's current run, whatever its child speaks; a workspace that
@@ -211,10 +307,14 @@ pub async fn streamable(
                 return error.reply(&none);
             };
             let Some(session) = state.proxy.bridged.get(&name, id) else { return unknown_session().reply(&none) };
-            let (sink, outbox) = session.upstream.channel();
-            session.upstream.standby(&sink);
+            if let Err(error) = carry_over(state, &name, &session, &run).await {
+                return error.reply(&none);
+            }
+            let upstream = session.upstream();
+            let (sink, outbox) = upstream.channel();
+            upstream.standby(&sink);
             let registration = state.proxy.connections.open(&name, "stdio", "GET", Some(id), peer(connect));
-            let stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::Shared(session));
+            let stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::shared(session));
             sse_response(StatusCode::OK, None, stream.into_body(None))
         }
         Method::DELETE => {
@@ -255,9 +355,18 @@ async fn post(
 ) -> Response {
     let proxy = &state.proxy;
     let peeked = jsonrpc::peek(&bytes).unwrap_or_default();
-    let run = match route(state, &name).await {
-        Ok(run) => run,
-        Err(error) => return error.reply(&peeked),
+    let known = session_header(headers).and_then(|id| proxy.bridged.get(&name, id));
+    let run = match (route(state, &name).await, &known) {
+        (Ok(run), _) => run,
+        // A session carried over waits for its workspace to come back.
+        (Err(_), Some(session)) if session.carried() => {
+            let transport = state.ctx.bus.view().get(&name).map_or("stdio", |r| r.status.transport);
+            match proxy.running(&name, transport, RESTART_HOLD).await {
+                Ok(run) => run,
+                Err(error) => return error.reply(&peeked),
+            }
+        }
+        (Err(error), _) => return error.reply(&peeked),
     };
     let messages = match messages(&bytes) {
         Ok(messages) => messages,
@@ -267,10 +376,16 @@ async fn post(
     // this exchange alone (stateless).
     let mut issued = None;
     let held = match session_header(headers) {
-        Some(id) => match proxy.bridged.get(&name, id) {
+        Some(id) => match known {
             Some(session) => {
+                if let Err(error) = carry_over(state, &name, &session, &run).await {
+                    return error.reply(&peeked);
+                }
+                if let Some(replay) = &session.replay {
+                    replay.lock().unwrap().observe(&bytes);
+                }
                 proxy.connections.touch_session(&name, id);
-                Held::Shared(session)
+                Held::shared(session)
             }
             None => return unknown_session().reply(&peeked),
         },
@@ -281,12 +396,21 @@ async fn post(
             };
             if peeked.requests.iter().any(|r| r.method == "initialize") {
                 let id = new_session_id();
-                let session = proxy.bridged.insert(&id, &name, upstream, None);
-                proxy.connections.create_session(&name, &id, "stdio");
+                // Carried over to a new child when its initialize can be
+                // replayed; not a `per-session` one, whose child is its own.
+                let pooled = state.ctx.hubs.pool(&name, run.pid()).is_some();
+                let replayable = !pooled && !peeked.batch && bytes.len() <= MAX_REPLAYED_INITIALIZE;
+                let replay = replayable.then(|| Replay::new(bytes.clone()));
+                let carried = replay.is_some();
+                let session = proxy.bridged.insert(&id, &name, upstream, None, replay);
+                match carried {
+                    true => proxy.connections.create_bridged(&name, &id, "stdio"),
+                    false => proxy.connections.create_session(&name, &id, "stdio"),
+                }
                 issued = Some(id);
-                Held::Shared(session)
+                Held::shared(session)
             } else {
-                Held::Own(upstream)
+                Held::Own(Arc::from(upstream))
             }
         }
     };
@@ -553,7 +677,7 @@ pub async fn legacy_sse(
     upstream.standby(&sink);
     let id = new_session_id();
     let registration = state.proxy.connections.open(&name, "sse", "sse", Some(&id), peer(connect));
-    let session = state.proxy.bridged.insert(&id, &name, upstream, Some((sink, registration.exchange.clone())));
+    let session = state.proxy.bridged.insert(&id, &name, upstream, Some((sink, registration.exchange.clone())), None);
     state.proxy.connections.create_session(&name, &id, "sse");
     let endpoint = format!("/workspaces/{name}/messages?session_id={id}");
     let first = Frame::new(&endpoint).event("endpoint").encode();
@@ -561,7 +685,7 @@ pub async fn legacy_sse(
     // The workspace's status changes go on the stream too, from now on (docs/reference.md §8).
     let bus = &state.ctx.bus;
     let notifications = (bus.subscribe(Some(std::collections::BTreeSet::from([name.clone()])), None), bus.last_seq());
-    let mut stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::Shared(session));
+    let mut stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::shared(session));
     stream.notifications = Some(notifications);
     sse_response(
         StatusCode::OK,
@@ -612,7 +736,7 @@ pub async fn legacy_message(state: &Arc<AppState>, name: String, request: Reques
     // Listed before sending: the answer may reach the stream before the 202.
     exchange.add_pending(&peeked.requests);
     for message in messages {
-        if let Err(e) = session.upstream.send(message, sink) {
+        if let Err(e) = session.upstream().send(message, sink) {
             for request in &peeked.requests {
                 exchange.answered(&request.id);
             }

@@ -106,6 +106,8 @@ struct Session {
     last_activity: Timestamp,
     /// What carries the session over to a new child, when it can be.
     carried: Option<Arc<ClientSession>>,
+    /// Times a session of the stdio bridge was carried over, when it can be.
+    bridged_carries: Option<u32>,
     /// Bytes counted for it against [`MAX_SESSION_BYTES`].
     cost: usize,
 }
@@ -114,7 +116,7 @@ impl Session {
     fn new(workspace: &str, id: &str, transport: &'static str, carried: Option<Arc<ClientSession>>) -> Session {
         let now = Timestamp::now();
         let cost = workspace.len() + id.len() + SESSION_OVERHEAD + carried.as_ref().map_or(0, |c| c.cost());
-        Session { transport, created_at: now, last_activity: now, carried, cost }
+        Session { transport, created_at: now, last_activity: now, carried, bridged_carries: None, cost }
     }
 
     fn end(&self) {
@@ -263,6 +265,21 @@ impl Connections {
         self.sessions.lock().unwrap().insert(workspace, session, Session::new(workspace, session, transport, None));
     }
 
+    /// Records a session of the stdio bridge that is carried over to each new
+    /// child of `workspace`.
+    pub fn create_bridged(&self, workspace: &str, id: &str, transport: &'static str) {
+        let mut session = Session::new(workspace, id, transport, None);
+        session.bridged_carries = Some(0);
+        self.sessions.lock().unwrap().insert(workspace, id, session);
+    }
+
+    /// Counts one carry-over of the bridged session `id`.
+    pub fn carried_over(&self, workspace: &str, id: &str) {
+        if let Some(known) = self.sessions.lock().unwrap().get_mut(workspace, id) {
+            known.bridged_carries = known.bridged_carries.map(|n| n + 1);
+        }
+    }
+
     /// Records a session under the id mcpvisor gave the client, carried over
     /// to each new child of `workspace`.
     pub fn create_carried(&self, workspace: &str, id: &str, carried: Arc<ClientSession>) {
@@ -297,7 +314,10 @@ impl Connections {
     /// Forgets the sessions of `workspace` that its ended run took with it:
     /// all but those carried over to the next run.
     pub fn end_run(&self, workspace: &str) {
-        self.sessions.lock().unwrap().remove_where(workspace, |_, s| s.carried.is_none());
+        self.sessions
+            .lock()
+            .unwrap()
+            .remove_where(workspace, |_, s| s.carried.is_none() && s.bridged_carries.is_none());
     }
 
     /// How many sessions are known, and how many bytes they count for.
@@ -329,7 +349,7 @@ impl Connections {
                     "createdAt": s.created_at,
                     "lastActivity": s.last_activity,
                     "openStreams": mine.len(),
-                    "carriedOver": s.carried.as_ref().map(|c| c.carried_over()),
+                    "carriedOver": s.carried.as_ref().map(|c| c.carried_over()).or(s.bridged_carries),
                     "pending": pending,
                 })
             })
