@@ -32,10 +32,12 @@ pub fn python() -> PathBuf {
 
 /// A port range of 32 ports of its own: daemons of one test binary never
 /// share ports (cargo runs test binaries one at a time; the base depends on
-/// the pid to keep clear of other processes' leftovers).
+/// the pid to keep clear of other processes' leftovers). Every range stays
+/// below 32768, where Linux starts handing out ports for outgoing
+/// connections, so no client socket takes a workspace's port.
 pub fn port_range() -> (u16, u16) {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 150) as u16 * 200;
+    let base = 20000 + (std::process::id() % 32) as u16 * 200;
     let offset = NEXT.fetch_add(32, std::sync::atomic::Ordering::Relaxed) % 6400;
     let lo = base + offset;
     (lo, lo + 31)
