@@ -120,6 +120,9 @@ pub trait Prober: Send + Sync + 'static {
     fn probe(&self, target: ProbeTarget, readiness: bool) -> BoxFuture<'static, Result<(), String>>;
 }
 
+/// How long a probe's connection is kept after its last request.
+const PROBE_CONNECTION_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Probes with MCP `initialize` over the child's own transport.
 #[derive(Debug, Clone)]
 pub struct McpProber {
@@ -128,7 +131,15 @@ pub struct McpProber {
 
 impl McpProber {
     pub fn new() -> McpProber {
-        McpProber { client: reqwest::Client::builder().no_proxy().build().expect("http client builds") }
+        // A probe's requests share a connection; between probes (seconds
+        // apart) none is kept, which would cost every child a connection
+        // and its buffers in the daemon for nothing.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(PROBE_CONNECTION_IDLE)
+            .build()
+            .expect("http client builds");
+        McpProber { client }
     }
 }
 
