@@ -364,18 +364,21 @@ fn profile(pid: u32, seconds: u64) {
         println!("(perf record failed: scripts/bench-setup installs perf; it needs root or perf_event_paranoid <= 1)");
         return;
     }
-    let report = Command::new("perf")
-        .args(["report", "-i", &out, "--stdio", "--no-children", "--sort", "comm,dso,symbol", "--percent-limit", "1.5"])
-        .args(["-g", "none"])
-        .output()
-        .unwrap();
-    println!("\nperf record -F 999 -g -p <daemon> -- sleep {seconds} (a third, quiet window), top symbols:\n```");
-    let report = String::from_utf8_lossy(&report.stdout);
-    for line in report.lines().map(str::trim_end).filter(|l| !l.is_empty() && !l.starts_with("# ")) {
-        // perf pads its symbol column to the widest name: cut the padding.
-        println!("{}", line.split("   ").filter(|f| !f.trim().is_empty()).collect::<Vec<_>>().join("  "));
+    println!("\nperf record -F 999 -g -p <daemon> -- sleep {seconds} (a third, quiet window):");
+    for sort in ["comm,dso", "dso,symbol"] {
+        let report = Command::new("perf")
+            .args(["report", "-i", &out, "--stdio", "--no-children", "--sort", sort, "--percent-limit", "1.5"])
+            .args(["-g", "none"])
+            .output()
+            .unwrap();
+        println!("\nby {sort}:\n```");
+        let report = String::from_utf8_lossy(&report.stdout);
+        for line in report.lines().map(str::trim_end).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            // perf pads its columns to the widest name: cut the padding.
+            println!("{}", line.split("   ").filter(|f| !f.trim().is_empty()).collect::<Vec<_>>().join("  "));
+        }
+        println!("```");
     }
-    println!("```");
 }
 
 #[tokio::main]

@@ -27,6 +27,7 @@ fn main() {
             max_connections,
         } => {
             init_tracing(log_format);
+            limit_malloc_arenas();
             let mut config = mcpvisor::ServeConfig::new(workspaces, state);
             config.listen = listen;
             config.port_range = port_range.0..=port_range.1;
@@ -41,6 +42,19 @@ fn main() {
         }
         client => runtime(true).block_on(run_client(client)),
     });
+}
+
+/// Caps glibc's malloc arenas at two. By default every thread that allocates
+/// (tokio workers, the blocking pool, the spawner) may get its own arena,
+/// up to eight per core, and the daemon's idle memory is mostly their
+/// fragments; two suit its few, short allocations.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 2);
+    }
 }
 
 fn runtime(multi_thread: bool) -> tokio::runtime::Runtime {

