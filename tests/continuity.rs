@@ -25,9 +25,13 @@ struct Session {
 
 impl Session {
     async fn open(url: &str) -> Session {
+        Session::open_with(url, "streamable-http").await
+    }
+
+    async fn open_with(url: &str, transport: &str) -> Session {
         let mut child = tokio::process::Command::new(python())
             .arg(repo().join("tests/py/session_client.py"))
-            .args(["--url", url])
+            .args(["--url", url, "--transport", transport])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -185,5 +189,23 @@ async fn a_session_on_a_stdio_child_survives_its_restarts() {
     let third = session.pid().await;
     assert_ne!(third, second, "answered by the stdio child after the restart");
     assert_eq!(carried_over(&daemon, "piped").await, [json!(2)], "one session, carried over twice");
+    daemon.stop().await;
+}
+
+/// A legacy SSE client (Python SDK, 2024-11-05 transport) of a `stdio`
+/// child keeps its stream across a `kill -9` of the child and completes a
+/// call on it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_sse_client_keeps_its_stream_across_a_child_restart() {
+    let stdio =
+        json!({"command": "${MCPVISOR}", "args": ["demo-server", "--transport", "stdio"], "transport": "stdio"});
+    let daemon = Daemon::start(&[("legacy", stdio)]).await;
+    daemon.wait_status("legacy", "running", UP).await;
+    let mut session = Session::open_with(&format!("{}/workspaces/legacy/sse", daemon.url), "sse").await;
+    let first = session.pid().await;
+    kill9(first);
+    let second = replaced(&daemon, "legacy", first).await;
+    assert_eq!(session.pid().await, second, "the same stream and session, answered by the new child");
+    assert_eq!(carried_over(&daemon, "legacy").await, [json!(1)]);
     daemon.stop().await;
 }

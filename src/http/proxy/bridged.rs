@@ -58,9 +58,11 @@ pub struct ClientSession {
     /// exchange that lists the requests it waits on.
     legacy: Option<(Sink, Arc<Exchange>)>,
     created: u64,
-    /// What a new child must hear again; `None` for a session that is not
-    /// carried over (a legacy one, or one whose `initialize` was too large).
-    replay: Option<Mutex<Replay>>,
+    /// Whether the session outlives its child (not a `per-session` one).
+    carryable: bool,
+    /// What a new child must hear again, from the client's `initialize` on;
+    /// `None` until then, and for an `initialize` too large to keep.
+    replay: Mutex<Option<Replay>>,
     /// Held while the session is carried over, so concurrent requests do it once.
     rebinding: tokio::sync::Mutex<()>,
 }
@@ -72,7 +74,22 @@ impl ClientSession {
 
     /// Whether the session outlives its child: it is carried over on its next use.
     fn carried(&self) -> bool {
-        self.replay.is_some()
+        self.carryable && self.replay.lock().unwrap().is_some()
+    }
+
+    /// Notes what the client's POST `bytes` (`peeked`) tell a new child: the
+    /// `initialize` starts the replay (a legacy session sends it after its
+    /// stream opened), the rest is observed.
+    fn observe(&self, bytes: &Bytes, peeked: &Peeked) {
+        if !self.carryable {
+            return;
+        }
+        let mut replay = self.replay.lock().unwrap();
+        match replay.as_mut() {
+            Some(replay) => replay.observe(bytes),
+            None if replayable(bytes, peeked) => *replay = Some(Replay::new(bytes.clone())),
+            None => {}
+        }
     }
 }
 
@@ -93,7 +110,7 @@ impl Sessions {
         workspace: &str,
         upstream: Box<dyn Upstream>,
         legacy: Option<(Sink, Arc<Exchange>)>,
-        replay: Option<Replay>,
+        carryable: bool,
     ) -> Arc<ClientSession> {
         let created = self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let session = Arc::new(ClientSession {
@@ -102,7 +119,8 @@ impl Sessions {
             upstream: Mutex::new(Arc::from(upstream)),
             legacy,
             created,
-            replay: replay.map(Mutex::new),
+            carryable,
+            replay: Mutex::new(None),
             rebinding: tokio::sync::Mutex::new(()),
         });
         let mut table = self.table.lock().unwrap();
@@ -135,6 +153,11 @@ impl Sessions {
     }
 }
 
+/// Whether `bytes` is one `initialize` small enough to replay.
+fn replayable(bytes: &Bytes, peeked: &Peeked) -> bool {
+    !peeked.batch && bytes.len() <= MAX_REPLAYED_INITIALIZE && peeked.requests.iter().any(|r| r.method == "initialize")
+}
+
 /// Whether `session` ended for good: closed, and not to be carried over to
 /// a new child.
 fn gone(session: &ClientSession) -> bool {
@@ -164,8 +187,25 @@ impl Held {
 
 /// How long a request of a carried session waits for its workspace to run again.
 const RESTART_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a legacy stream waits for its workspace to run again.
+const STREAM_HOLD: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long one replayed message may take on the new child.
 const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The run for a request of `session`: as [`route`] gives it, or for a
+/// session carried over, once its workspace is back (up to [`RESTART_HOLD`]).
+///
+/// # Errors
+/// The workspace is not running and not coming back in time.
+async fn routed(state: &AppState, name: &str, session: &ClientSession) -> Result<Arc<Run>, ProxyError> {
+    match route(state, name).await {
+        Err(_) if session.carried() => {
+            let transport = state.ctx.bus.view().get(name).map_or("stdio", |r| r.status.transport);
+            state.proxy.running(name, transport, RESTART_HOLD).await
+        }
+        routed => routed,
+    }
+}
 
 /// Carries `session` over to the child of `run` when its own child is gone:
 /// a new session there, told again what the client said (its `initialize`,
@@ -175,8 +215,7 @@ const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// # Errors
 /// The new child could not be reached, or did not answer a replayed request.
 async fn carry_over(state: &AppState, name: &str, session: &ClientSession, run: &Run) -> Result<(), ProxyError> {
-    let Some(replay) = &session.replay else { return Ok(()) };
-    if !session.upstream().child_gone() {
+    if !session.carried() || !session.upstream().child_gone() {
         return Ok(());
     }
     let _rebinding = session.rebinding.lock().await;
@@ -184,7 +223,7 @@ async fn carry_over(state: &AppState, name: &str, session: &ClientSession, run: 
         return Ok(());
     }
     let upstream: Arc<dyn Upstream> = Arc::from(open_upstream(state, name, run).await?);
-    let messages = replay.lock().unwrap().messages();
+    let messages = session.replay.lock().unwrap().as_ref().map(Replay::messages).unwrap_or_default();
     let (sink, mut outbox) = upstream.channel();
     let refused = |detail: String| {
         ProxyError::new(
@@ -210,6 +249,10 @@ async fn carry_over(state: &AppState, name: &str, session: &ClientSession, run: 
             };
             tokio::time::timeout(REPLAY_TIMEOUT, answered).await.map_err(|_| refused("no answer in time".into()))??;
         }
+    }
+    // A legacy session's one stream takes what the new child says too.
+    if let Some((sink, _)) = &session.legacy {
+        upstream.standby(sink);
     }
     *session.upstream.lock().unwrap() = upstream;
     state.proxy.connections.carried_over(name, &session.id);
@@ -356,17 +399,13 @@ async fn post(
     let proxy = &state.proxy;
     let peeked = jsonrpc::peek(&bytes).unwrap_or_default();
     let known = session_header(headers).and_then(|id| proxy.bridged.get(&name, id));
-    let run = match (route(state, &name).await, &known) {
-        (Ok(run), _) => run,
-        // A session carried over waits for its workspace to come back.
-        (Err(_), Some(session)) if session.carried() => {
-            let transport = state.ctx.bus.view().get(&name).map_or("stdio", |r| r.status.transport);
-            match proxy.running(&name, transport, RESTART_HOLD).await {
-                Ok(run) => run,
-                Err(error) => return error.reply(&peeked),
-            }
-        }
-        (Err(error), _) => return error.reply(&peeked),
+    let run = match &known {
+        Some(session) => routed(state, &name, session).await,
+        None => route(state, &name).await,
+    };
+    let run = match run {
+        Ok(run) => run,
+        Err(error) => return error.reply(&peeked),
     };
     let messages = match messages(&bytes) {
         Ok(messages) => messages,
@@ -381,9 +420,7 @@ async fn post(
                 if let Err(error) = carry_over(state, &name, &session, &run).await {
                     return error.reply(&peeked);
                 }
-                if let Some(replay) = &session.replay {
-                    replay.lock().unwrap().observe(&bytes);
-                }
+                session.observe(&bytes, &peeked);
                 proxy.connections.touch_session(&name, id);
                 Held::shared(session)
             }
@@ -398,11 +435,10 @@ async fn post(
                 let id = new_session_id();
                 // Carried over to a new child when its initialize can be
                 // replayed; not a `per-session` one, whose child is its own.
-                let pooled = state.ctx.hubs.pool(&name, run.pid()).is_some();
-                let replayable = !pooled && !peeked.batch && bytes.len() <= MAX_REPLAYED_INITIALIZE;
-                let replay = replayable.then(|| Replay::new(bytes.clone()));
-                let carried = replay.is_some();
-                let session = proxy.bridged.insert(&id, &name, upstream, None, replay);
+                let carryable = state.ctx.hubs.pool(&name, run.pid()).is_none();
+                let session = proxy.bridged.insert(&id, &name, upstream, None, carryable);
+                session.observe(&bytes, &peeked);
+                let carried = session.carried();
                 match carried {
                     true => proxy.connections.create_bridged(&name, &id, "stdio"),
                     false => proxy.connections.create_session(&name, &id, "stdio"),
@@ -472,6 +508,11 @@ struct ClientStream {
     answering: Option<Instant>,
     /// A legacy stream's `workspace/statusChanged` notifications, after this seq.
     notifications: Option<(crate::state::Subscription, u64)>,
+    /// A legacy stream that outlives its child: what carries its session
+    /// over (docs/reference.md §11).
+    carries: Option<Arc<AppState>>,
+    /// The child is gone: carry the session over before the next message.
+    carry_next: bool,
     finished: bool,
 }
 
@@ -493,6 +534,8 @@ impl ClientStream {
             held,
             answering: None,
             notifications: None,
+            carries: None,
+            carry_next: false,
             finished: false,
         }
     }
@@ -520,8 +563,13 @@ impl ClientStream {
                 Ok(message)
             }
             Err(timed_out) => {
-                self.finished = true;
                 let upstream = self.held.upstream();
+                let child_gone = upstream.child_gone() || self.run.ended.is_cancelled();
+                let carried = matches!(&self.held, Held::Shared(session, _) if session.carried());
+                // A legacy stream of a session that outlives its child stays
+                // open; only the requests in flight fail.
+                self.carry_next = timed_out.is_none() && child_gone && carried && self.carries.is_some();
+                self.finished = !self.carry_next;
                 let error = if timed_out.is_some() {
                     self.proxy.timed_out(&self.name)
                 } else if upstream.child_gone() || self.run.ended.is_cancelled() {
@@ -533,6 +581,26 @@ impl ClientStream {
                 Err((error, self.registration.exchange.take_pending()))
             }
         }
+    }
+
+    /// Carries the stream's session over to the next run of its workspace
+    /// once it runs (up to [`STREAM_HOLD`]); `None` when it does not come
+    /// back or the new child refuses the session.
+    async fn carry_over(&mut self) -> Option<()> {
+        let state = self.carries.clone()?;
+        let Held::Shared(session, _) = &self.held else { return None };
+        let session = session.clone();
+        let transport = state.ctx.bus.view().get(&self.name)?.status.transport;
+        // The actor may not have seen the child go yet.
+        let _ =
+            tokio::time::timeout(STREAM_HOLD.min(std::time::Duration::from_secs(5)), self.run.ended.cancelled()).await;
+        let run = self.proxy.running(&self.name, transport, STREAM_HOLD).await.ok()?;
+        carry_over(&state, &self.name, &session, &run)
+            .await
+            .inspect_err(|e| tracing::debug!(workspace = %self.name, "a legacy stream ends: {}", e.error.message))
+            .ok()?;
+        (self.held, self.run) = (Held::shared(session), run);
+        Some(())
     }
 
     /// The status notifications already published and not yet sent.
@@ -562,6 +630,10 @@ impl ClientStream {
             if let Some(first) = first {
                 return Some((Ok::<Bytes, Infallible>(first), (st, keep_alive, None)));
             }
+            if st.carry_next {
+                st.carry_next = false;
+                st.carry_over().await?;
+            }
             if st.finished || st.done() {
                 return None;
             }
@@ -587,10 +659,11 @@ impl ClientStream {
                     if !pending.is_empty() {
                         out.extend_from_slice(&error.sse_events(&pending));
                     }
-                    if out.is_empty() {
-                        return None;
+                    match (out.is_empty(), st.carry_next) {
+                        (true, true) => KEEP_ALIVE,
+                        (true, false) => return None,
+                        (false, _) => out.freeze(),
                     }
-                    out.freeze()
                 }
             };
             Some((Ok(bytes), (st, keep_alive, None)))
@@ -677,8 +750,13 @@ pub async fn legacy_sse(
     upstream.standby(&sink);
     let id = new_session_id();
     let registration = state.proxy.connections.open(&name, "sse", "sse", Some(&id), peer(connect));
-    let session = state.proxy.bridged.insert(&id, &name, upstream, Some((sink, registration.exchange.clone())), None);
-    state.proxy.connections.create_session(&name, &id, "sse");
+    let carryable = state.ctx.hubs.pool(&name, run.pid()).is_none();
+    let legacy = Some((sink, registration.exchange.clone()));
+    let session = state.proxy.bridged.insert(&id, &name, upstream, legacy, carryable);
+    match carryable {
+        true => state.proxy.connections.create_bridged(&name, &id, "sse"),
+        false => state.proxy.connections.create_session(&name, &id, "sse"),
+    }
     let endpoint = format!("/workspaces/{name}/messages?session_id={id}");
     let first = Frame::new(&endpoint).event("endpoint").encode();
     let guard = LegacyGuard { proxy: state.proxy.clone(), name: name.clone(), id };
@@ -687,6 +765,7 @@ pub async fn legacy_sse(
     let notifications = (bus.subscribe(Some(std::collections::BTreeSet::from([name.clone()])), None), bus.last_seq());
     let mut stream = ClientStream::new(state.proxy.clone(), name, run, outbox, registration, Held::shared(session));
     stream.notifications = Some(notifications);
+    stream.carries = Some(state.clone());
     sse_response(
         StatusCode::OK,
         None,
@@ -717,14 +796,18 @@ pub async fn legacy_message(state: &Arc<AppState>, name: String, request: Reques
         Err(response) => return response,
     };
     let peeked = jsonrpc::peek(&bytes).unwrap_or_default();
-    let run = match route(state, &name).await {
-        Ok(run) => run,
-        Err(error) => return error.reply(&peeked),
-    };
     let id = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("session_id=")));
     let Some(session) = id.and_then(|id| state.proxy.bridged.get(&name, id)) else {
         return unknown_session().reply(&peeked);
     };
+    let run = match routed(state, &name, &session).await {
+        Ok(run) => run,
+        Err(error) => return error.reply(&peeked),
+    };
+    if let Err(error) = carry_over(state, &name, &session, &run).await {
+        return error.reply(&peeked);
+    }
+    session.observe(&bytes, &peeked);
     let Some((sink, exchange)) = &session.legacy else { return unknown_session().reply(&peeked) };
     let messages = match messages(&bytes) {
         Ok(messages) => messages,
