@@ -33,7 +33,7 @@ const MAX_HEADERS: usize = 64;
 /// What reading the first request gave.
 pub enum First {
     /// An event-stream request, parsed; serve it with [`serve_stream`].
-    Stream(Request<Body>),
+    Stream(Box<Request<Body>>),
     /// Anything else: hyper serves the connection, these bytes first.
     Other(BytesMut),
     /// The client closed the connection, or was idle or slow past its
@@ -70,7 +70,7 @@ pub async fn read(stream: &mut TcpStream, idle: Duration, head_timeout: Duration
             Ok(httparse::Status::Partial) => continue,
             Ok(httparse::Status::Complete(len)) if len == buf.len() => {
                 return match stream_request(&parsed) {
-                    Some(request) => First::Stream(request),
+                    Some(request) => First::Stream(Box::new(request)),
                     None => First::Other(buf),
                 };
             }

@@ -158,7 +158,7 @@ impl Connection {
             First::Gone => return,
             First::Stream(mut request) => {
                 request.extensions_mut().insert(ConnectInfo(self.peer));
-                let response = self.router.oneshot(request).await.unwrap_or_else(|never| match never {});
+                let response = self.router.oneshot(*request).await.unwrap_or_else(|never| match never {});
                 first_request::serve_stream(stream, response).await;
                 return;
             }
