@@ -62,6 +62,11 @@ impl Session {
     }
 }
 
+/// The demo server as a `stdio` workspace.
+fn stdio_demo() -> Value {
+    json!({"command": "${MCPVISOR}", "args": ["demo-server", "--transport", "stdio"], "transport": "stdio"})
+}
+
 fn kill9(pid: u64) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
 }
@@ -174,9 +179,7 @@ async fn an_rmcp_session_survives_a_killed_child() {
 /// sessions live on the stdio bridge's hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_on_a_stdio_child_survives_its_restarts() {
-    let stdio =
-        json!({"command": "${MCPVISOR}", "args": ["demo-server", "--transport", "stdio"], "transport": "stdio"});
-    let daemon = Daemon::start(&[("piped", stdio)]).await;
+    let daemon = Daemon::start(&[("piped", stdio_demo())]).await;
     daemon.wait_status("piped", "running", UP).await;
     let mut session = Session::open(&format!("{}/workspaces/piped/mcp", daemon.url)).await;
     let first = session.pid().await;
@@ -197,9 +200,7 @@ async fn a_session_on_a_stdio_child_survives_its_restarts() {
 /// call on it afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_sse_client_keeps_its_stream_across_a_child_restart() {
-    let stdio =
-        json!({"command": "${MCPVISOR}", "args": ["demo-server", "--transport", "stdio"], "transport": "stdio"});
-    let daemon = Daemon::start(&[("legacy", stdio)]).await;
+    let daemon = Daemon::start(&[("legacy", stdio_demo())]).await;
     daemon.wait_status("legacy", "running", UP).await;
     let mut session = Session::open_with(&format!("{}/workspaces/legacy/sse", daemon.url), "sse").await;
     let first = session.pid().await;
