@@ -15,14 +15,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use support::{
-    config, free_port, free_range, http_client, print_footer, print_header, summary, workspace_root, InProcess,
-};
+use support::{config, free_range, http_client, print_footer, print_header, summary, workspace_root, InProcess};
 
 const RUNS: usize = 20;
 
@@ -37,16 +34,7 @@ fn failing() -> Value {
 
 /// The child alone: spawn the demo server until it answers `initialize`.
 fn child_start(exe: &Path) -> Vec<f64> {
-    (0..RUNS)
-        .map(|_| {
-            let port = free_port();
-            let t0 = Instant::now();
-            let mut child = support::Proc::spawn(Command::new(exe).args(["demo-server", "--port", &port.to_string()]));
-            let at = support::wait_initialize(port, Duration::from_secs(30)).expect("the demo server answers");
-            child.stop();
-            support::ms(at - t0)
-        })
-        .collect()
+    (0..RUNS).map(|_| support::own_start(|port| support::demo_alone(exe, port))).collect()
 }
 
 async fn put(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {

@@ -107,20 +107,8 @@ async fn first_calls(exe: &Path, body: Value, alone: fn(u16) -> Command, runs: u
     out
 }
 
-/// One start of the child alone: exec to a successful `initialize`, in ms.
-fn own_start(command: fn(u16) -> Command) -> f64 {
-    let port = free_port();
-    let t0 = Instant::now();
-    let mut child = Proc::spawn(&mut command(port));
-    let at = wait_initialize(port, Duration::from_secs(30)).expect("the child answers initialize");
-    child.stop();
-    ms(at - t0)
-}
-
 fn demo_alone(port: u16) -> Command {
-    let mut command = Command::new(mcpvisor_exe());
-    command.args(["demo-server", "--port", &port.to_string()]);
-    command
+    support::demo_alone(&mcpvisor_exe(), port)
 }
 
 fn notes_alone(port: u16) -> Command {

@@ -16,14 +16,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
 use support::{
-    config, demo, free_port, free_range, http_client, http_status, ms, next_where, pct, print_footer, print_header,
-    root_with, subscribe, wait_all, wait_initialize, InProcess, Proc,
+    config, demo, demo_alone, free_port, free_range, http_client, http_status, ms, next_where, own_start, pct,
+    print_footer, print_header, root_with, subscribe, wait_all, InProcess, Proc,
 };
 
 fn parse_ts(v: &Value) -> Option<SystemTime> {
@@ -118,16 +117,7 @@ async fn spawn_to_running(exe: &Path) -> SpawnToRunning {
 }
 
 fn child_own_start(exe: &Path) -> Vec<f64> {
-    let mut out = Vec::new();
-    for _ in 0..RUNS {
-        let port = free_port();
-        let t0 = Instant::now();
-        let mut child = Proc::spawn(Command::new(exe).args(["demo-server", "--port", &port.to_string()]));
-        let at = wait_initialize(port, Duration::from_secs(10)).expect("demo-server answers initialize");
-        out.push(ms(at - t0));
-        child.stop();
-    }
-    out
+    (0..RUNS).map(|_| own_start(|port| demo_alone(exe, port))).collect()
 }
 
 /// One GET with the whole body read; whether it was a 200.

@@ -299,6 +299,25 @@ pub fn mcp_delete(port: u16, session: &str) {
     let _ = raw_http(port, &request, "\r\n\r\n", Duration::from_secs(1));
 }
 
+/// `mcpvisor demo-server --port <port>`: the demo server alone, with no supervisor.
+pub fn demo_alone(exe: &Path, port: u16) -> Command {
+    let mut command = Command::new(exe);
+    command.args(["demo-server", "--port", &port.to_string()]);
+    command
+}
+
+/// One start of a child alone: exec of `command(port)` on a free port to its
+/// first answered MCP `initialize` (1 ms poll), in ms. The child is stopped
+/// afterwards; panics when it does not answer within 30 s.
+pub fn own_start(command: impl FnOnce(u16) -> Command) -> f64 {
+    let port = free_port();
+    let t0 = Instant::now();
+    let mut child = Proc::spawn(&mut command(port));
+    let at = wait_initialize(port, Duration::from_secs(30)).expect("the child answers initialize");
+    child.stop();
+    ms(at - t0)
+}
+
 /// Polls MCP `initialize` every 1 ms until it succeeds; the instant it did.
 pub fn wait_initialize(port: u16, within: Duration) -> Option<Instant> {
     let deadline = Instant::now() + within;
@@ -431,7 +450,14 @@ pub fn echo_tool(list: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-pub async fn post(http: &reqwest::Client, url: &str, session: Option<&str>, body: &Value) -> (Option<String>, String) {
+/// One Streamable HTTP POST of `body`, in `session` if given; the HTTP status,
+/// the `Mcp-Session-Id` of the answer and its body, whatever the status.
+pub async fn try_post(
+    http: &reqwest::Client,
+    url: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::Result<(u16, Option<String>, String)> {
     let mut request = http
         .post(url)
         .header("accept", "application/json, text/event-stream")
@@ -441,10 +467,17 @@ pub async fn post(http: &reqwest::Client, url: &str, session: Option<&str>, body
     if let Some(session) = session {
         request = request.header("mcp-session-id", session);
     }
-    let response = request.send().await.expect("request");
-    assert!(response.status().is_success(), "{url}: {}", response.status());
+    let response = request.send().await?;
+    let status = response.status().as_u16();
     let session = response.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_string());
-    (session, response.text().await.expect("body"))
+    Ok((status, session, response.text().await?))
+}
+
+/// [`try_post`] that panics unless the answer is a 2xx; the session id and the body.
+pub async fn post(http: &reqwest::Client, url: &str, session: Option<&str>, body: &Value) -> (Option<String>, String) {
+    let (status, session, body) = try_post(http, url, session, body).await.expect("request");
+    assert!((200..300).contains(&status), "{url}: {status} {body}");
+    (session, body)
 }
 
 /// initialize + notifications/initialized; the client and the session id.
