@@ -591,9 +591,7 @@ impl ClientStream {
         let Held::Shared(session, _) = &self.held else { return None };
         let session = session.clone();
         let transport = state.ctx.bus.view().get(&self.name)?.status.transport;
-        // The actor may not have seen the child go yet.
-        let _ =
-            tokio::time::timeout(STREAM_HOLD.min(std::time::Duration::from_secs(5)), self.run.ended.cancelled()).await;
+        self.proxy.past(&self.run).await;
         let run = self.proxy.running(&self.name, transport, STREAM_HOLD).await.ok()?;
         carry_over(&state, &self.name, &session, &run)
             .await

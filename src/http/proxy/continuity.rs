@@ -50,9 +50,6 @@ pub const MAX_SUBSCRIPTIONS: usize = 256;
 const MAX_URI: usize = 2048;
 /// How long one replayed message may take on the new child.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a carried GET stream whose child broke off waits for the actor
-/// to see that run end before it looks for the next one.
-const OLD_RUN_GRACE: Duration = Duration::from_secs(5);
 /// How long a carried GET stream waits for its workspace to run again.
 const STREAM_HOLD: Duration = Duration::from_secs(300);
 
@@ -398,9 +395,7 @@ async fn carried_next(st: &mut Carried) -> Option<Bytes> {
             // Between runs: wait for the next one, carry the session
             // there (unless a request did already), take its stream.
             let name = st.session.workspace.clone();
-            // The actor may not have seen the child go yet: the next run
-            // is one that starts after this one ended.
-            let _ = tokio::time::timeout(OLD_RUN_GRACE, st.run.ended.cancelled()).await;
+            st.proxy.past(&st.run).await;
             let next = tokio::select! {
                 next = st.next.recv() => next,
                 run = st.proxy.running(&name, "streamable-http", STREAM_HOLD) => {

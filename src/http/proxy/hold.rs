@@ -34,7 +34,18 @@ fn coming_back(record: &WorkspaceRecord, deadline: SystemTime, transient_by: Sys
         }
 }
 
+/// How long a request or stream whose child broke off waits for the actor to
+/// see that run end before it looks for the next one.
+const OLD_RUN_GRACE: Duration = Duration::from_secs(5);
+
 impl Proxy {
+    /// Waits (up to [`OLD_RUN_GRACE`]) until the bus shows `old` ended: a
+    /// connection can break before the actor sees the child go, and the
+    /// next run is one that starts after this one.
+    pub async fn past(&self, old: &Run) {
+        let _ = tokio::time::timeout(OLD_RUN_GRACE, old.ended.cancelled()).await;
+    }
+
     /// The current run of `name`: at once when it runs; while a run is on
     /// its way, once it starts, waiting up to `within`.
     ///
