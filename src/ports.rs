@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -85,7 +86,8 @@ impl PortAllocator {
             if is_free(port) {
                 return Ok(port);
             }
-            tracing::warn!(workspace = name, port, "allocated port is held by another process; re-allocating");
+            let holder = holder(port).unwrap_or_else(|| "unknown".into());
+            tracing::warn!(workspace = name, port, holder, "allocated port is held by another process; re-allocating");
         }
         let taken: Vec<u16> = allocations.iter().filter(|(n, _)| n.as_str() != name).map(|(_, &p)| p).collect();
         let port = self
@@ -96,6 +98,26 @@ impl PortAllocator {
         allocations.insert(name.to_string(), port);
         self.persist(&allocations);
         Ok(port)
+    }
+
+    /// [`PortAllocator::acquire`], but a held sticky port gets up to `grace`
+    /// to free first (checked every 50 ms) before the workspace moves.
+    ///
+    /// A stable port is worth a short wait: what holds it right after a
+    /// crash is most often on its way out (a process of a tree still being
+    /// swept, a leftover of an earlier run), and a moved workspace breaks
+    /// every client that saved its address.
+    ///
+    /// # Errors
+    /// Every port of the range is taken.
+    pub async fn acquire_within(&self, name: &str, grace: Duration) -> Result<u16, PortError> {
+        if let Some(port) = self.get(name) {
+            let deadline = Instant::now() + grace;
+            while !is_free(port) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.acquire(name)
     }
 
     /// The allocated port without checking it, if any.
@@ -133,6 +155,30 @@ fn is_free(port: u16) -> bool {
         && TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).is_ok()
 }
 
+/// Who holds `port` (for the log): `pid 4242 (python3)` for a process
+/// listening on it, else the TCP state of whatever socket is bound to it.
+/// None when `/proc` shows nothing.
+fn holder(port: u16) -> Option<String> {
+    use procfs::net::TcpState;
+    use procfs::process::FDTarget;
+    let sockets: Vec<_> = [procfs::net::tcp(), procfs::net::tcp6()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.local_address.port() == port)
+        .collect();
+    let listening: Vec<u64> =
+        sockets.iter().filter(|entry| entry.state == TcpState::Listen).map(|entry| entry.inode).collect();
+    for process in procfs::process::all_processes().ok()?.flatten() {
+        let Ok(fds) = process.fd() else { continue };
+        if fds.flatten().any(|fd| matches!(fd.target, FDTarget::Socket(inode) if listening.contains(&inode))) {
+            let comm = process.stat().map(|stat| stat.comm).unwrap_or_default();
+            return Some(format!("pid {} ({comm})", process.pid));
+        }
+    }
+    sockets.first().map(|entry| format!("a socket in state {:?}", entry.state))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +200,32 @@ mod tests {
         assert_eq!(again.acquire("b").unwrap(), b);
         again.retain(&|n| n == "a");
         assert_eq!(again.allocations().len(), 1);
+    }
+
+    #[test]
+    fn the_holder_of_a_port_is_named() {
+        let held = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        let holder = holder(port).expect("a holder");
+        assert!(holder.starts_with(&format!("pid {} (", std::process::id())), "{holder}");
+    }
+
+    #[tokio::test]
+    async fn a_sticky_port_freed_within_the_grace_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // An ephemeral port, so that no range of another test overlaps.
+        let lo = TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port().min(65000);
+        let ports = PortAllocator::load(dir.path(), lo..=lo + 20, Default::default());
+        let port = ports.acquire("a").unwrap();
+        let held = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        assert_eq!(ports.acquire_within("a", Duration::from_secs(2)).await.unwrap(), port);
+        release.join().unwrap();
+        let _held = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let moved = ports.acquire_within("a", Duration::from_millis(100)).await.unwrap();
+        assert_ne!(moved, port, "past the grace the workspace moves");
     }
 }

@@ -43,6 +43,14 @@ pub fn port_range() -> (u16, u16) {
     (lo, lo + 31)
 }
 
+/// Sends the in-process daemons' warnings (`MCPVISOR_LOG` to change the
+/// level) to the test's captured output, shown when the test fails: a
+/// failure in CI then says what the daemon saw.
+fn capture_daemon_warnings() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MCPVISOR_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_test_writer().try_init();
+}
+
 /// Polls `probe` until it yields `Ok`, at most `within`; then panics with
 /// `what` and the last `Err` it gave. The one way tests wait for a state.
 pub async fn eventually<T, F, Fut>(what: impl std::fmt::Display, within: Duration, mut probe: F) -> T
@@ -137,6 +145,7 @@ impl Daemon {
         listen: &str,
         configure: impl FnOnce(&mut mcpvisor::ServeConfig),
     ) -> Daemon {
+        capture_daemon_warnings();
         let mut config = mcpvisor::ServeConfig::new(root.join("workspaces"), root.join("state"));
         config.listen = listen.parse().unwrap();
         config.port_range = range.0..=range.1;

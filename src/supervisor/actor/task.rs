@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -32,6 +32,9 @@ use crate::supervisor::SupervisorContext;
 const ERROR_HISTORY: usize = 10;
 /// stderr lines attached to an error.
 const STDERR_TAIL: usize = 20;
+/// How long a start waits for its held sticky port before moving the
+/// workspace to another ([`crate::ports::PortAllocator::acquire_within`]).
+const PORT_GRACE: Duration = Duration::from_secs(1);
 
 /// Spawns the actor of workspace `name` on `tracker`.
 ///
@@ -347,7 +350,7 @@ impl Driver {
                 Err(_) => return Input::Queued { child: id },
             }
         }
-        let port = match self.ctx.ports.acquire(&self.name) {
+        let port = match self.ctx.ports.acquire_within(&self.name, PORT_GRACE).await {
             Ok(port) => port,
             Err(e) => {
                 let failure = SpawnFailure { kind: "port", message: e.to_string(), port: None };
