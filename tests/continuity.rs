@@ -77,10 +77,25 @@ async fn replaced(daemon: &Daemon, name: &str, old: u64) -> u64 {
     status["pid"].as_u64().unwrap()
 }
 
+/// Per session of `name`, how many times it was carried over, as the
+/// `connections` debug component shows it; the workspace's status must
+/// show the same.
 async fn carried_over(daemon: &Daemon, name: &str) -> Vec<Value> {
     let (_, connections) = daemon.get("/api/debug/state/connections").await;
     let sessions = connections["proxySessions"].as_array().cloned().unwrap_or_default();
-    sessions.iter().filter(|s| s["workspace"] == name).map(|s| s["carriedOver"].clone()).collect()
+    let mut debug: Vec<(Value, Value)> = sessions
+        .iter()
+        .filter(|s| s["workspace"] == name)
+        .map(|s| (s["sessionId"].clone(), s["carriedOver"].clone()))
+        .collect();
+    let status = daemon.status(name).await;
+    let listed = status["clientSessions"].as_array().cloned().unwrap_or_default();
+    let mut shown: Vec<(Value, Value)> =
+        listed.iter().map(|s| (s["sessionId"].clone(), s["carriedOver"].clone())).collect();
+    debug.sort_by_key(|(id, _)| id.to_string());
+    shown.sort_by_key(|(id, _)| id.to_string());
+    assert_eq!(shown, debug, "the status and the connections component agree: {status}");
+    debug.into_iter().map(|(_, count)| count).collect()
 }
 
 /// The same session across a `kill -9`, a `restart` command and a config
@@ -175,8 +190,8 @@ async fn an_rmcp_session_survives_a_killed_child() {
     daemon.stop().await;
 }
 
-/// The same across a `kill -9` and a `restart` for a `stdio` child, whose
-/// sessions live on the stdio bridge's hub.
+/// The same across a `kill -9`, a `restart` and a config change for a
+/// `stdio` child, whose sessions live on the stdio bridge's hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_on_a_stdio_child_survives_its_restarts() {
     let daemon = Daemon::start(&[("piped", stdio_demo())]).await;
@@ -191,7 +206,13 @@ async fn a_session_on_a_stdio_child_survives_its_restarts() {
     daemon.post("/api/workspaces/piped/restart").await;
     let third = session.pid().await;
     assert_ne!(third, second, "answered by the stdio child after the restart");
-    assert_eq!(carried_over(&daemon, "piped").await, [json!(2)], "one session, carried over twice");
+
+    let mut changed = stdio_demo();
+    changed["env"] = json!({"CONTINUITY": "changed"});
+    daemon.write("piped", &changed);
+    let fourth = replaced(&daemon, "piped", third).await;
+    assert_eq!(session.pid().await, fourth, "answered by the stdio child of the new config");
+    assert_eq!(carried_over(&daemon, "piped").await, [json!(3)], "one session, carried over three times");
     daemon.stop().await;
 }
 

@@ -36,7 +36,7 @@ pub use upstream::Upstream;
 /// when to render them again.
 static SESSIONS_CHANGED: AtomicU64 = AtomicU64::new(0);
 
-fn sessions_changed() {
+pub(crate) fn sessions_changed() {
     SESSIONS_CHANGED.fetch_add(1, Ordering::Release);
 }
 

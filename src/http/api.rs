@@ -80,7 +80,7 @@ pub async fn list(
 /// it counts as a reader of resources, which keeps the sampler going.
 fn current(state: &AppState) -> Arc<listing::Generation> {
     let snapshot = state.ctx.bus.view().load_full();
-    state.listing.get(&snapshot, &state.resources.load(), &state.ctx.hubs)
+    state.listing.get(&snapshot, &state.resources.load(), &state.ctx.hubs, &state.proxy.connections)
 }
 
 /// `GET /api/workspaces/{name}`: one piece of the shared rendering, with its `ETag`.

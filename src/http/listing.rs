@@ -31,8 +31,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
+use super::proxy::Connections;
 use crate::bridge::Hubs;
-use crate::state::{ResourceSample, Resources, Snapshot, Status, StdioSessions, WorkspaceRecord};
+use crate::state::{CarriedSession, ResourceSample, Resources, Snapshot, Status, StdioSessions, WorkspaceRecord};
 
 /// How old a running workspace's `uptimeMs` may get before it is rendered again.
 pub const UPTIME_FRESH: Duration = Duration::from_secs(1);
@@ -42,8 +43,7 @@ pub const UPTIME_FRESH: Duration = Duration::from_secs(1);
 pub struct Piece {
     /// The record it was rendered from: a new record is a new `Arc`.
     record: Arc<WorkspaceRecord>,
-    resources: Option<Resources>,
-    stdio: Option<StdioSessions>,
+    live: Live,
     pub status: Status,
     /// The status JSON, compact, as `GET /api/workspaces/{name}` answers it.
     pub json: Bytes,
@@ -53,22 +53,24 @@ pub struct Piece {
     fresh_until: Option<Instant>,
 }
 
+/// What a status shows besides its record: measured and proxy state.
+#[derive(Debug, Clone, PartialEq)]
+struct Live {
+    resources: Option<Resources>,
+    stdio: Option<StdioSessions>,
+    client_sessions: Vec<CarriedSession>,
+}
+
 impl Piece {
-    fn render(
-        record: &Arc<WorkspaceRecord>,
-        resources: Option<Resources>,
-        stdio: Option<StdioSessions>,
-        now: Instant,
-        wall: SystemTime,
-    ) -> Piece {
+    fn render(record: &Arc<WorkspaceRecord>, live: Live, now: Instant, wall: SystemTime) -> Piece {
         let mut status = record.render(wall);
-        status.resources = resources;
-        status.stdio = stdio.clone();
+        status.resources = live.resources;
+        status.stdio = live.stdio.clone();
+        status.client_sessions = live.client_sessions.clone();
         let json = Bytes::from(serde_json::to_vec(&status).expect("a status serializes"));
         Piece {
             record: record.clone(),
-            resources,
-            stdio,
+            live,
             status: status.status,
             hash: hash_bytes(&json),
             fresh_until: status.uptime_ms.map(|_| now + UPTIME_FRESH),
@@ -76,16 +78,9 @@ impl Piece {
         }
     }
 
-    fn still_good(
-        &self,
-        record: &Arc<WorkspaceRecord>,
-        resources: Option<Resources>,
-        stdio: &Option<StdioSessions>,
-        now: Instant,
-    ) -> bool {
+    fn still_good(&self, record: &Arc<WorkspaceRecord>, live: &Live, now: Instant) -> bool {
         Arc::ptr_eq(&self.record, record)
-            && self.resources == resources
-            && &self.stdio == stdio
+            && &self.live == live
             && self.fresh_until.is_none_or(|until| now < until)
     }
 
@@ -96,7 +91,8 @@ impl Piece {
 }
 
 /// Every workspace's piece for one snapshot, resource sample and state of
-/// the stdio bridge's client sessions, sorted by name.
+/// the client sessions (the stdio bridge's, those carried over), sorted by
+/// name.
 #[derive(Debug)]
 pub struct Generation {
     snapshot: Arc<Snapshot>,
@@ -164,9 +160,15 @@ pub struct Listing {
 
 impl Listing {
     /// The generation for `snapshot`, `sample` and the client sessions of
-    /// `hubs`: the shared one when it is current, else a new one that reuses
-    /// every piece still good.
-    pub fn get(&self, snapshot: &Arc<Snapshot>, sample: &Arc<ResourceSample>, hubs: &Hubs) -> Arc<Generation> {
+    /// `hubs` and `connections`: the shared one when it is current, else a
+    /// new one that reuses every piece still good.
+    pub fn get(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        sample: &Arc<ResourceSample>,
+        hubs: &Hubs,
+        connections: &Connections,
+    ) -> Arc<Generation> {
         let now = Instant::now();
         let sessions = crate::bridge::sessions_version();
         if let Some(generation) = self.current.load_full().filter(|g| g.current_for(snapshot, sample, sessions, now)) {
@@ -183,15 +185,15 @@ impl Listing {
             .workspaces
             .iter()
             .map(|(name, record)| {
-                let resources = sample.children.get(name).copied();
-                let stdio = (record.status.transport == "stdio").then(|| hubs.sessions(name)).flatten();
-                let kept = old
-                    .as_ref()
-                    .and_then(|g| g.pieces.get(name))
-                    .filter(|p| p.still_good(record, resources, &stdio, now));
+                let live = Live {
+                    resources: sample.children.get(name).copied(),
+                    stdio: (record.status.transport == "stdio").then(|| hubs.sessions(name)).flatten(),
+                    client_sessions: connections.carried_sessions(name),
+                };
+                let kept = old.as_ref().and_then(|g| g.pieces.get(name)).filter(|p| p.still_good(record, &live, now));
                 let piece = match kept {
                     Some(piece) => piece.clone(),
-                    None => Arc::new(Piece::render(record, resources, stdio, now, wall)),
+                    None => Arc::new(Piece::render(record, live, now, wall)),
                 };
                 fresh_until = [fresh_until, piece.fresh_until].into_iter().flatten().min();
                 (name.clone(), piece)

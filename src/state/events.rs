@@ -254,6 +254,7 @@ mod tests {
                 config_version: None,
                 resources: None,
                 stdio: None,
+                client_sessions: Vec::new(),
                 applied_version: None,
                 file_version: None,
             },

@@ -179,6 +179,27 @@ pub struct WorkspaceStatus {
     /// for other transports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdio: Option<StdioSessions>,
+    /// The client sessions that mcpvisor carries over to each new child
+    /// (docs/reference.md §11), at most [`MAX_LISTED_SESSIONS`], most
+    /// recently active first; absent when there is none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_sessions: Vec<CarriedSession>,
+}
+
+/// Most client sessions a status lists; `/api/debug/state/connections`
+/// pages through all of them.
+pub const MAX_LISTED_SESSIONS: usize = 100;
+
+/// A client session that outlives its child, as its workspace's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CarriedSession {
+    /// The `Mcp-Session-Id` (or legacy `session_id`) mcpvisor gave the client.
+    pub session_id: String,
+    /// The client's transport: `streamable-http` or `sse`.
+    pub transport: String,
+    /// How many times it was carried over to a new child.
+    pub carried_over: u32,
 }
 
 /// The client sessions of a `stdio` workspace, as its status shows them.

@@ -24,7 +24,7 @@ use rmcp::model::RequestId;
 
 use super::continuity::ClientSession;
 use super::jsonrpc::Request;
-use crate::state::Timestamp;
+use crate::state::{CarriedSession, Timestamp, MAX_LISTED_SESSIONS};
 
 /// Most sessions kept per daemon.
 pub const MAX_SESSIONS: usize = 10_000;
@@ -119,6 +119,11 @@ impl Session {
         Session { transport, created_at: now, last_activity: now, carried, bridged_carries: None, cost }
     }
 
+    /// How many times it was carried over; `None` when it cannot be.
+    fn carried_over(&self) -> Option<u32> {
+        self.carried.as_ref().map(|c| c.carried_over()).or(self.bridged_carries)
+    }
+
     fn end(&self) {
         if let Some(carried) = &self.carried {
             carried.close_stream();
@@ -163,6 +168,9 @@ impl Sessions {
         }
         self.count += 1;
         self.bytes += needed;
+        if session.carried_over().is_some() {
+            crate::bridge::sessions_changed();
+        }
         self.by_workspace.entry(workspace.to_string()).or_default().insert(id.to_string(), session);
     }
 
@@ -178,6 +186,9 @@ impl Sessions {
             if let Some(session) = ids.remove(&id) {
                 self.count -= 1;
                 self.bytes -= session.cost;
+                if session.carried_over().is_some() {
+                    crate::bridge::sessions_changed();
+                }
                 session.end();
             }
         }
@@ -277,7 +288,26 @@ impl Connections {
     pub fn carried_over(&self, workspace: &str, id: &str) {
         if let Some(known) = self.sessions.lock().unwrap().get_mut(workspace, id) {
             known.bridged_carries = known.bridged_carries.map(|n| n + 1);
+            crate::bridge::sessions_changed();
         }
+    }
+
+    /// The sessions of `workspace` that are carried over to each new child,
+    /// as its status lists them: at most [`MAX_LISTED_SESSIONS`], most
+    /// recently active first.
+    pub fn carried_sessions(&self, workspace: &str) -> Vec<CarriedSession> {
+        let sessions = self.sessions.lock().unwrap();
+        let Some(ids) = sessions.by_workspace.get(workspace) else { return Vec::new() };
+        let mut carried: Vec<(Timestamp, CarriedSession)> = ids
+            .iter()
+            .filter_map(|(id, s)| {
+                let carried_over = s.carried_over()?;
+                let listed = CarriedSession { session_id: id.clone(), transport: s.transport.into(), carried_over };
+                Some((s.last_activity, listed))
+            })
+            .collect();
+        carried.sort_by(|a, b| b.0.cmp(&a.0));
+        carried.into_iter().take(MAX_LISTED_SESSIONS).map(|(_, listed)| listed).collect()
     }
 
     /// Records a session under the id mcpvisor gave the client, carried over
@@ -349,7 +379,7 @@ impl Connections {
                     "createdAt": s.created_at,
                     "lastActivity": s.last_activity,
                     "openStreams": mine.len(),
-                    "carriedOver": s.carried.as_ref().map(|c| c.carried_over()).or(s.bridged_carries),
+                    "carriedOver": s.carried_over(),
                     "pending": pending,
                 })
             })

@@ -243,6 +243,7 @@ impl ClientSession {
         }
         *self.binding.lock().unwrap() = Binding { pid: run.pid(), child: child.clone() };
         self.carried_over.fetch_add(1, Ordering::Relaxed);
+        crate::bridge::sessions_changed();
         tracing::info!(workspace = %self.workspace, pid = run.pid(), "client session carried over to a new child");
         Ok(child)
     }

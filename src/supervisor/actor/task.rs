@@ -501,6 +501,7 @@ impl Driver {
                 config_version: view.version.clone(),
                 resources: None,
                 stdio: None,
+                client_sessions: Vec::new(),
                 applied_version: view.applied_version.clone(),
                 file_version: view.file_version.clone(),
             },
