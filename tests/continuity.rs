@@ -190,6 +190,83 @@ async fn an_rmcp_session_survives_a_killed_child() {
     daemon.stop().await;
 }
 
+/// Kills `pid` and returns once the kernel says it is gone (its pidfd is
+/// readable), which is before the daemon has heard of it.
+fn kill9_and_wait_gone(pid: u64) {
+    use nix::libc;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    assert!(fd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+    kill9(pid);
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; the fd is ours to close.
+    unsafe {
+        assert_eq!(libc::poll(&mut poll, 1, 10_000), 1, "the child exits");
+        libc::close(fd);
+    }
+}
+
+/// A call made the moment the child is gone, before the daemon has seen
+/// it die, is not lost to the dead child (nor to the proxy's pooled
+/// connection to it): it never reached the child, so it waits for the next
+/// one and is answered there, five kills in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_a_kill_is_answered_by_the_next_child() {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+
+    // Five crashes in a row would open the breaker and back off for seconds.
+    let mut config = demo();
+    config["restart"] = json!({"backoffInitial": "10ms", "backoffMax": "50ms"});
+    config["circuitBreaker"] = json!({"failureThreshold": 20});
+    let daemon = Daemon::start(&[("demo", config)]).await;
+    let mut old = daemon.wait_status("demo", "running", UP).await["pid"].as_u64().unwrap();
+    let url = format!("{}/workspaces/demo/mcp", daemon.url);
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url));
+    let client = ().serve(transport).await.expect("rmcp client initializes");
+    let pid = || async {
+        let result = client.call_tool(CallToolRequestParams::new("pid")).await.map_err(|e| e.to_string())?;
+        let text = serde_json::to_value(&result).unwrap()["content"][0]["text"].as_str().unwrap().to_string();
+        Ok::<u64, String>(text.parse().unwrap())
+    };
+    assert_eq!(pid().await, Ok(old));
+    for kill in 1..=5 {
+        kill9_and_wait_gone(old);
+        let new = pid().await.unwrap_or_else(|e| panic!("kill {kill}: the call right after it failed: {e}"));
+        assert_ne!(new, old, "kill {kill}: answered by a new child");
+        old = new;
+    }
+    assert_eq!(carried_over(&daemon, "demo").await, [json!(5)]);
+    let _ = client.cancel().await;
+    daemon.stop().await;
+}
+
+/// The same when the daemon cannot know yet: the server dies but its
+/// workspace's main process lives on a moment (a shell that outlives it), so
+/// the workspace still shows `running`. The proxy's pooled connection to
+/// the dead server must not take the call; it goes to the next child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_is_not_lost_to_a_pooled_connection_of_a_dead_server() {
+    let shell = json!({
+        "command": "/bin/sh",
+        "args": ["-c", "\"$0\" demo-server --port \"$PORT\"; sleep 0.3; exit 1", "${MCPVISOR}"],
+        "restart": {"backoffInitial": "10ms"},
+    });
+    let daemon = Daemon::start(&[("shell", shell)]).await;
+    let leader = daemon.wait_status("shell", "running", UP).await["pid"].as_u64().unwrap();
+    let mut session = Session::open(&format!("{}/workspaces/shell/mcp", daemon.url)).await;
+    let server = session.pid().await;
+    assert_ne!(server, leader, "the server runs under the shell");
+    kill9_and_wait_gone(server);
+    assert_eq!(daemon.status("shell").await["pid"], json!(leader), "the workspace still shows its shell");
+    let next = session.pid().await;
+    assert_ne!(next, server, "answered by the next server");
+    assert_eq!(carried_over(&daemon, "shell").await, [json!(1)]);
+    daemon.stop().await;
+}
+
 /// The same across a `kill -9`, a `restart` and a config change for a
 /// `stdio` child, whose sessions live on the stdio bridge's hub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@
 //! select on it, and on the upstream connection breaking, whichever comes
 //! first.
 
+mod connector;
 mod body;
 mod bridged;
 mod connections;
@@ -38,6 +39,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use hyper_util::client::legacy::connect::HttpConnector;
+use connector::Connector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +62,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// child's exit, so the error names the status the child ended in.
 const EXIT_GRACE: Duration = Duration::from_millis(20);
 
-type HttpClient = Client<HttpConnector, Body>;
+type HttpClient = Client<Connector, Body>;
 
 /// Runs one proxied request, counting it in `mcpvisor_proxy_requests_total`
 /// by status and timing it to the response headers, when the workspace
@@ -107,7 +109,7 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(Connector(connector));
         let proxy = Arc::new(Proxy {
             client,
             bus: bus.clone(),

@@ -3,6 +3,7 @@
 //! as soon as the event bus shows the run ended.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, Weak};
 
 use axum::http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
@@ -66,14 +67,35 @@ impl Upstream {
 #[derive(Debug)]
 pub struct Run {
     pid: u32,
+    /// A pidfd of the child, to ask the kernel whether it exited before the
+    /// actor has said so; `None` when it could not be opened.
+    pidfd: Option<OwnedFd>,
     pub ended: CancellationToken,
     pub upstream: Upstream,
 }
 
 impl Run {
+    fn new(pid: u32, upstream: Upstream) -> Run {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
+        // SAFETY: a non-negative result is a new fd that nothing else owns.
+        let pidfd = (pid > 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+        Run { pid, pidfd, ended: CancellationToken::new(), upstream }
+    }
+
     /// The child's pid: a new pid is a new run.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Whether the kernel says the child has exited (its pidfd is readable).
+    /// The actor learns it a moment later; a request that finds it so was
+    /// never the child's to read. False when unknown.
+    pub fn exited(&self) -> bool {
+        let Some(pidfd) = &self.pidfd else { return false };
+        let mut poll = nix::libc::pollfd { fd: pidfd.as_raw_fd(), events: nix::libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { nix::libc::poll(&mut poll, 1, 0) == 1 }
     }
 }
 
@@ -102,8 +124,7 @@ impl Runs {
             }
             run.ended.cancel();
         }
-        let run =
-            Arc::new(Run { pid, ended: CancellationToken::new(), upstream: Upstream::of(&record, default_path)? });
+        let run = Arc::new(Run::new(pid, Upstream::of(&record, default_path)?));
         table.insert(name.to_string(), run.clone());
         Some(run)
     }

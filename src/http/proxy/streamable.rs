@@ -14,13 +14,34 @@ use axum::Extension;
 use super::continuity::{self, ClientSession, MAX_REPLAYED_INITIALIZE, SESSION_HEADER};
 use super::jsonrpc::{self, Peeked};
 use super::relay;
-use super::{body, cause, headers, peer, ProxyError};
+use super::{body, cause, headers, peer, ProxyError, EXIT_GRACE};
 use crate::http::holding::Holding;
 use crate::http::AppState;
 
 /// How long a request of a carried session waits for its workspace to run
 /// again (docs/reference.md §11).
 const RESTART_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most times one request is sent again to a later run after its child died
+/// before reading it.
+const MAX_RESENDS: usize = 3;
+
+/// Whether a failed send never reached the child's code: the connection was
+/// refused, or reset. A child that dies with the request unread in its
+/// socket (or before it was written) makes the kernel answer with a reset;
+/// one that read the request and died while at it closes the connection
+/// with a FIN, seen as an incomplete message, and the request may have had
+/// effects (docs/reference.md §11).
+fn never_read(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset) {
+            return true;
+        }
+        source = e.source();
+    }
+    error.is_connect()
+}
 
 /// Longest `Mcp-Session-Id` passed on, bytes. The MCP spec bounds only its
 /// characters (visible ASCII, 0x21 to 0x7E); a UUID or a hash is far
@@ -95,66 +116,102 @@ async fn relay_mcp(
     // A session mcpvisor carries waits for its workspace to come back; a
     // DELETE ends a session, and is no reason to start a child.
     let carried = session.as_deref().and_then(|id| proxy.connections.carried(&name, id));
-    let run = match (&parts.method, &carried) {
-        (&Method::DELETE, carried) => match proxy.route(&name, "streamable-http") {
-            Err(_) if carried.is_some() => {
-                // Its child is gone: nothing is left to end but mcpvisor's record.
-                proxy.connections.end_session(&name, session.as_deref().unwrap_or_default());
-                return StatusCode::OK.into_response();
-            }
-            routed => routed.map(|(_, run)| run),
-        },
-        (_, Some(_)) => match super::demand::route(state, &name, "streamable-http").await {
-            Ok((_, run)) => Ok(run),
-            Err(_) => proxy.running(&name, "streamable-http", RESTART_HOLD).await,
-        },
-        (_, None) => super::demand::route(state, &name, "streamable-http").await.map(|(_, run)| run),
-    };
-    let run = match run {
-        Ok(run) => run,
-        Err(error) => return error.reply(&peeked),
-    };
-    let uri = match run.upstream.endpoint(parts.uri.query()) {
-        Ok(uri) => uri,
-        Err(e) => return ProxyError::invalid(StatusCode::BAD_REQUEST, format!("query string: {e}")).reply(&peeked),
-    };
-    let mut upstream_headers = headers::upstream(&parts.headers, &run.upstream.host, state.token.is_some());
-    if let Some(carried) = &carried {
-        match carried.bind(proxy, &run, &upstream_headers).await {
-            Ok(child) => {
-                upstream_headers.remove(SESSION_HEADER);
-                upstream_headers
-                    .extend(child.map(|child| (axum::http::HeaderName::from_static(SESSION_HEADER), child)));
-            }
+    // A POST that no child has read can go to the next run, unless it names
+    // a session only the dead child knew.
+    let resendable = bytes.is_some() && (carried.is_some() || session.is_none());
+    let mut body = Some(body);
+    let mut resends = 0;
+    let (run, response, registration, upstream_headers, deadline) = loop {
+        let run = match (&parts.method, &carried) {
+            _ if resends > 0 => proxy.running(&name, "streamable-http", RESTART_HOLD).await,
+            (&Method::DELETE, carried) => match proxy.route(&name, "streamable-http") {
+                Err(_) if carried.is_some() => {
+                    // Its child is gone: nothing is left to end but mcpvisor's record.
+                    proxy.connections.end_session(&name, session.as_deref().unwrap_or_default());
+                    return StatusCode::OK.into_response();
+                }
+                routed => routed.map(|(_, run)| run),
+            },
+            (_, Some(_)) => match super::demand::route(state, &name, "streamable-http").await {
+                Ok((_, run)) => Ok(run),
+                Err(_) => proxy.running(&name, "streamable-http", RESTART_HOLD).await,
+            },
+            (_, None) => super::demand::route(state, &name, "streamable-http").await.map(|(_, run)| run),
+        };
+        let run = match run {
+            Ok(run) => run,
             Err(error) => return error.reply(&peeked),
+        };
+        let uri = match run.upstream.endpoint(parts.uri.query()) {
+            Ok(uri) => uri,
+            Err(e) => return ProxyError::invalid(StatusCode::BAD_REQUEST, format!("query string: {e}")).reply(&peeked),
+        };
+        let mut upstream_headers = headers::upstream(&parts.headers, &run.upstream.host, state.token.is_some());
+        if let Some(carried) = &carried {
+            match carried.bind(proxy, &run, &upstream_headers).await {
+                Ok(child) => {
+                    upstream_headers.remove(SESSION_HEADER);
+                    upstream_headers
+                        .extend(child.map(|child| (axum::http::HeaderName::from_static(SESSION_HEADER), child)));
+                }
+                Err(error) => return error.reply(&peeked),
+            }
+            if let (Some(bytes), 0) = (&bytes, resends) {
+                carried.observe(bytes);
+            }
+        } else if let Some(session) = &session {
+            proxy.connections.touch_session(&name, session);
         }
-        if let Some(bytes) = &bytes {
-            carried.observe(bytes);
+        if resendable && resends < MAX_RESENDS && run.exited() {
+            tracing::debug!(workspace = %name, pid = run.pid(), "the child exited before the request came; waiting for the next run");
+            resends += 1;
+            proxy.past(&run).await;
+            continue;
         }
-    } else if let Some(session) = &session {
-        proxy.connections.touch_session(&name, session);
-    }
 
-    let registration =
-        proxy.connections.open(&name, "streamable-http", parts.method.as_str(), session.as_deref(), peer(connect));
-    registration.exchange.add_pending(&peeked.requests);
+        let registration =
+            proxy.connections.open(&name, "streamable-http", parts.method.as_str(), session.as_deref(), peer(connect));
+        registration.exchange.add_pending(&peeked.requests);
 
-    let mut upstream = axum::http::Request::new(body);
-    *upstream.method_mut() = parts.method.clone();
-    *upstream.uri_mut() = uri;
-    *upstream.headers_mut() = upstream_headers.clone();
+        let body = match &bytes {
+            Some(bytes) => Body::from(bytes.clone()),
+            None => body.take().unwrap_or_default(),
+        };
+        let mut upstream = axum::http::Request::new(body);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.headers_mut() = upstream_headers.clone();
 
-    let timeout = (!peeked.requests.is_empty()).then_some(proxy.request_timeout);
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-    let response = tokio::select! {
-        biased;
-        response = proxy.client.request(upstream) => response,
-        _ = run.ended.cancelled() => return proxy.broken(&name, &run, "the child exited").await.reply(&peeked),
-        _ = relay::sleep_until(deadline) => return proxy.timed_out(&name).reply(&peeked),
-    };
-    let response = match response {
-        Ok(response) => response,
-        Err(e) => return proxy.broken(&name, &run, &cause(&e)).await.reply(&peeked),
+        let timeout = (!peeked.requests.is_empty()).then_some(proxy.request_timeout);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let send = proxy.client.request(upstream);
+        tokio::pin!(send);
+        let response = tokio::select! {
+            biased;
+            response = &mut send => response,
+            // The child's sockets closed with it: the send fails at once,
+            // saying whether the child ever read the request.
+            _ = run.ended.cancelled() => match tokio::time::timeout(EXIT_GRACE, &mut send).await {
+                Ok(response) => response,
+                Err(_) => {
+                    tracing::debug!(workspace = %name, pid = run.pid(), "the child exited; its connection did not say so");
+                    return proxy.broken(&name, &run, "the child exited").await.reply(&peeked);
+                }
+            },
+            _ = relay::sleep_until(deadline) => return proxy.timed_out(&name).reply(&peeked),
+        };
+        match response {
+            Ok(response) => break (run, response, registration, upstream_headers, deadline),
+            Err(e) if resendable && resends < MAX_RESENDS && never_read(&e) => {
+                tracing::debug!(workspace = %name, pid = run.pid(), "the child was gone before it read the request ({}); sending it to the next run", cause(&e));
+                resends += 1;
+                proxy.past(&run).await;
+            }
+            Err(e) => {
+                tracing::debug!(workspace = %name, pid = run.pid(), "the child broke off the request: {}", cause(&e));
+                return proxy.broken(&name, &run, &cause(&e)).await.reply(&peeked);
+            }
+        }
     };
 
     let (mut parts_out, incoming) = response.into_parts();
