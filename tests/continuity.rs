@@ -308,3 +308,23 @@ async fn a_legacy_sse_client_keeps_its_stream_across_a_child_restart() {
     assert_eq!(carried_over(&daemon, "legacy").await, [json!(1)]);
     daemon.stop().await;
 }
+
+/// Sessions translated between the two HTTP transports are carried over
+/// too: a legacy SSE client of a Streamable HTTP child keeps its stream, and
+/// a Streamable HTTP client of a legacy `sse` child keeps its session,
+/// across a `kill -9` of the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn translated_sessions_survive_a_killed_child() {
+    let daemon = Daemon::start(&[("modern", demo()), ("legacy", notes("sse"))]).await;
+    for (name, client) in [("modern", "sse"), ("legacy", "streamable-http")] {
+        daemon.wait_status(name, "running", UP).await;
+        let path = if client == "sse" { "sse" } else { "mcp" };
+        let mut session = Session::open_with(&format!("{}/workspaces/{name}/{path}", daemon.url), client).await;
+        let first = session.pid().await;
+        kill9(first);
+        let second = replaced(&daemon, name, first).await;
+        assert_eq!(session.pid().await, second, "{name}: a {client} client answered by the new child");
+        assert_eq!(carried_over(&daemon, name).await, [json!(1)], "{name}");
+    }
+    daemon.stop().await;
+}

@@ -105,6 +105,9 @@ impl Replies {
 struct Relay {
     replies: Arc<Replies>,
     work: mpsc::UnboundedSender<(Value, Sink)>,
+    /// Fires when the child's run ends (the proxy's run token): the session
+    /// can then be carried over to the next child (docs/reference.md §11).
+    run_ended: CancellationToken,
 }
 
 impl Relay {
@@ -149,7 +152,7 @@ macro_rules! relay_upstream {
             }
 
             fn child_gone(&self) -> bool {
-                false
+                self.relay.run_ended.is_cancelled()
             }
 
             fn close_reason(&self) -> Option<String> {
@@ -176,11 +179,11 @@ relay_upstream!(StreamableChild);
 impl StreamableChild {
     /// A session on the child at `url`; nothing is sent until the client's
     /// first message (its `initialize`).
-    pub fn open(client: reqwest::Client, url: String) -> StreamableChild {
+    pub fn open(client: reqwest::Client, url: String, run_ended: CancellationToken) -> StreamableChild {
         let replies = Arc::new(Replies::default());
         let (work, queue) = mpsc::unbounded_channel();
         tokio::spawn(post_to_streamable(client, url, replies.clone(), queue));
-        StreamableChild { relay: Relay { replies, work } }
+        StreamableChild { relay: Relay { replies, work, run_ended } }
     }
 }
 
@@ -296,7 +299,11 @@ impl SseChild {
     ///
     /// # Errors
     /// The child did not answer or announced no endpoint within 10 s.
-    pub async fn open(client: reqwest::Client, url: String) -> Result<SseChild, BridgeError> {
+    pub async fn open(
+        client: reqwest::Client,
+        url: String,
+        run_ended: CancellationToken,
+    ) -> Result<SseChild, BridgeError> {
         let broke = |e: String| BridgeError::SessionClosed(format!("opening the child's event stream: {e}"));
         let opening = async {
             let response = client.get(&url).header("accept", "text/event-stream").send().await;
@@ -359,6 +366,6 @@ impl SseChild {
                 }
             }
         });
-        Ok(SseChild { relay: Relay { replies, work } })
+        Ok(SseChild { relay: Relay { replies, work, run_ended } })
     }
 }

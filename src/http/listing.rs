@@ -79,9 +79,7 @@ impl Piece {
     }
 
     fn still_good(&self, record: &Arc<WorkspaceRecord>, live: &Live, now: Instant) -> bool {
-        Arc::ptr_eq(&self.record, record)
-            && &self.live == live
-            && self.fresh_until.is_none_or(|until| now < until)
+        Arc::ptr_eq(&self.record, record) && &self.live == live && self.fresh_until.is_none_or(|until| now < until)
     }
 
     /// The `ETag` of this piece alone.

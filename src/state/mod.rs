@@ -21,8 +21,8 @@ pub use activity::{Active, Activity};
 pub use events::{Event, EventBus, StatusChange, Subscription, DEFAULT_RING_CAPACITY, STATUS_CHANGED};
 pub use resource_history::{ResourceHistory, ResourcePoint};
 pub use resources::{Isolation, ResourceSample, ResourceTotals, ResourceView, Resources};
-pub use status::{MAX_LISTED_SESSIONS, 
-    BreakerState, BreakerStatus, CarriedSession, ErrorRecord, Health, ProxyPaths, Status, StdioSessions, Timestamp, WorkspaceRecord,
-    WorkspaceStatus,
+pub use status::{
+    BreakerState, BreakerStatus, CarriedSession, ErrorRecord, Health, ProxyPaths, Status, StdioSessions, Timestamp,
+    WorkspaceRecord, WorkspaceStatus, MAX_LISTED_SESSIONS,
 };
 pub use view::{Snapshot, StateView};

@@ -12,10 +12,11 @@
 //! carries everything, with `/messages?session_id=...` for the client's
 //! messages.
 //!
-//! Client sessions are kept by mcpvisor's id, apart from the hub they use,
-//! so a later child can take them over (docs/reference.md §11). Today a
-//! session whose child is gone answers 404, and the client initializes
-//! again.
+//! Client sessions are kept by mcpvisor's id, apart from the upstream they
+//! use (a hub session, or a session on an HTTP child of the other
+//! transport), so a later child can take them over (docs/reference.md
+//! §11); a `per-session` one answers 404 once its child is gone, and the
+//! client initializes again.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -302,11 +303,11 @@ async fn open_upstream(state: &AppState, name: &str, run: &Run) -> Result<Box<dy
             let session = hub.and_then(|hub| hub.open_session().ok()).ok_or_else(unavailable)?;
             Ok(Box::new(session))
         }
-        "sse" => match SseChild::open(client(), url).await {
+        "sse" => match SseChild::open(client(), url, run.ended.clone()).await {
             Ok(session) => Ok(Box::new(session)),
             Err(e) => Err(state.proxy.broken(name, run, &e.to_string()).await),
         },
-        _ => Ok(Box::new(StreamableChild::open(client(), url))),
+        _ => Ok(Box::new(StreamableChild::open(client(), url, run.ended.clone()))),
     }
 }
 

@@ -14,10 +14,10 @@
 //! select on it, and on the upstream connection breaking, whichever comes
 //! first.
 
-mod connector;
 mod body;
 mod bridged;
 mod connections;
+mod connector;
 mod continuity;
 mod demand;
 mod error;
@@ -38,8 +38,8 @@ use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
-use hyper_util::client::legacy::connect::HttpConnector;
 use connector::Connector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
