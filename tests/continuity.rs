@@ -77,25 +77,44 @@ async fn replaced(daemon: &Daemon, name: &str, old: u64) -> u64 {
     status["pid"].as_u64().unwrap()
 }
 
+/// Kills the child of `session`, then restarts workspace `name`; after
+/// each, the same session must be answered by the new child. Returns the
+/// last child's pid.
+async fn kill_then_restart(daemon: &Daemon, name: &str, session: &mut Session) -> u64 {
+    let first = session.pid().await;
+    kill9(first);
+    let second = replaced(daemon, name, first).await;
+    assert_eq!(session.pid().await, second, "{name}: answered by the new child after kill -9");
+    daemon.post(&format!("/api/workspaces/{name}/restart")).await;
+    let third = session.pid().await;
+    assert_ne!(third, second, "{name}: answered by the child after the restart");
+    third
+}
+
 /// Per session of `name`, how many times it was carried over, as the
 /// `connections` debug component shows it; the workspace's status must
-/// show the same.
+/// show the same (read twice: a carry-over can come between the reads).
 async fn carried_over(daemon: &Daemon, name: &str) -> Vec<Value> {
-    let (_, connections) = daemon.get("/api/debug/state/connections").await;
-    let sessions = connections["proxySessions"].as_array().cloned().unwrap_or_default();
-    let mut debug: Vec<(Value, Value)> = sessions
-        .iter()
-        .filter(|s| s["workspace"] == name)
-        .map(|s| (s["sessionId"].clone(), s["carriedOver"].clone()))
-        .collect();
-    let status = daemon.status(name).await;
-    let listed = status["clientSessions"].as_array().cloned().unwrap_or_default();
-    let mut shown: Vec<(Value, Value)> =
-        listed.iter().map(|s| (s["sessionId"].clone(), s["carriedOver"].clone())).collect();
-    debug.sort_by_key(|(id, _)| id.to_string());
-    shown.sort_by_key(|(id, _)| id.to_string());
-    assert_eq!(shown, debug, "the status and the connections component agree: {status}");
-    debug.into_iter().map(|(_, count)| count).collect()
+    eventually("the status and the connections component agree", UP, || async {
+        let (_, connections) = daemon.get("/api/debug/state/connections").await;
+        let sessions = connections["proxySessions"].as_array().cloned().unwrap_or_default();
+        let mut debug: Vec<(Value, Value)> = sessions
+            .iter()
+            .filter(|s| s["workspace"] == name)
+            .map(|s| (s["sessionId"].clone(), s["carriedOver"].clone()))
+            .collect();
+        let status = daemon.status(name).await;
+        let listed = status["clientSessions"].as_array().cloned().unwrap_or_default();
+        let mut shown: Vec<(Value, Value)> =
+            listed.iter().map(|s| (s["sessionId"].clone(), s["carriedOver"].clone())).collect();
+        debug.sort_by_key(|(id, _)| id.to_string());
+        shown.sort_by_key(|(id, _)| id.to_string());
+        match shown == debug {
+            true => Ok(debug.into_iter().map(|(_, count)| count).collect()),
+            false => Err(format!("status {shown:?}, connections {debug:?}")),
+        }
+    })
+    .await
 }
 
 /// The same session across a `kill -9`, a `restart` command and a config
@@ -274,15 +293,7 @@ async fn a_session_on_a_stdio_child_survives_its_restarts() {
     let daemon = Daemon::start(&[("piped", stdio_demo())]).await;
     daemon.wait_status("piped", "running", UP).await;
     let mut session = Session::open(&format!("{}/workspaces/piped/mcp", daemon.url)).await;
-    let first = session.pid().await;
-
-    kill9(first);
-    let second = replaced(&daemon, "piped", first).await;
-    assert_eq!(session.pid().await, second, "answered by the new stdio child after kill -9");
-
-    daemon.post("/api/workspaces/piped/restart").await;
-    let third = session.pid().await;
-    assert_ne!(third, second, "answered by the stdio child after the restart");
+    let third = kill_then_restart(&daemon, "piped", &mut session).await;
 
     let mut changed = stdio_demo();
     changed["env"] = json!({"CONTINUITY": "changed"});
@@ -326,5 +337,18 @@ async fn translated_sessions_survive_a_killed_child() {
         assert_eq!(session.pid().await, second, "{name}: a {client} client answered by the new child");
         assert_eq!(carried_over(&daemon, name).await, [json!(1)], "{name}");
     }
+    daemon.stop().await;
+}
+
+/// A legacy SSE client of a legacy `sse` child (the Python SDK on both
+/// sides) keeps its stream across a `kill -9` of the child and completes a
+/// call on it afterwards; its subscription is replayed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_client_of_a_legacy_child_keeps_its_stream() {
+    let daemon = Daemon::start(&[("old", notes("sse"))]).await;
+    daemon.wait_status("old", "running", UP).await;
+    let mut session = Session::open_with(&format!("{}/workspaces/old/sse", daemon.url), "sse").await;
+    kill_then_restart(&daemon, "old", &mut session).await;
+    assert_eq!(carried_over(&daemon, "old").await, [json!(2)]);
     daemon.stop().await;
 }
