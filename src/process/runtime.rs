@@ -67,10 +67,20 @@ struct RuntimeFileBody {
 
 /// The runtime file, shared by actors (spawn, exit) and the sampler
 /// (trees); clones write the same file.
+///
+/// Changes are written behind, by a thread of its own: a write fsyncs,
+/// which takes milliseconds, and a restart must not wait for it (nor a
+/// tokio worker block on it). The thread writes the latest body, so a burst
+/// of changes (a start storm) costs one write or two. The cgroup folders,
+/// which the guard needs most, are written before [`RuntimeFile::new`]
+/// returns.
 #[derive(Debug, Clone)]
 pub struct RuntimeFile {
     file: Arc<StateFile>,
     body: Arc<Mutex<RuntimeFileBody>>,
+    /// Wakes the writer; holds one wake-up at most, since a pending write
+    /// takes every change made before it runs.
+    changed: std::sync::mpsc::SyncSender<()>,
 }
 
 impl RuntimeFile {
@@ -79,16 +89,33 @@ impl RuntimeFile {
     /// file first. A failed write wakes `retry` (see [`RuntimeFile::flush`]).
     pub fn new(state_dir: &Path, cgroups: Vec<PathBuf>, retry: Arc<tokio::sync::Notify>) -> RuntimeFile {
         let body = RuntimeFileBody { version: 1, cgroups, workspaces: BTreeMap::new() };
-        let file = StateFile::new(state_dir.join("runtime.json"), retry);
-        let file = RuntimeFile { file: Arc::new(file), body: Arc::new(Mutex::new(body)) };
-        file.persist(&file.body.lock().unwrap());
-        file
+        let file = Arc::new(StateFile::new(state_dir.join("runtime.json"), retry));
+        let (changed, wake) = std::sync::mpsc::sync_channel::<()>(1);
+        let runtime = RuntimeFile { file, body: Arc::new(Mutex::new(body)), changed };
+        runtime.persist(&runtime.body.lock().unwrap());
+        let (file, body) = (runtime.file.clone(), runtime.body.clone());
+        std::thread::Builder::new()
+            .name("mcpvisor-runtime-file".into())
+            .spawn(move || {
+                // Ends once every handle is gone.
+                while wake.recv().is_ok() {
+                    let bytes = serde_json::to_vec_pretty(&*body.lock().unwrap()).expect("runtime serializes");
+                    file.write(&bytes);
+                }
+            })
+            .expect("spawning the runtime file's writer");
+        runtime
     }
 
     pub fn set(&self, workspace: &str, entry: RuntimeEntry) {
-        let mut body = self.body.lock().unwrap();
-        body.workspaces.insert(workspace.to_string(), entry);
-        self.persist(&body);
+        self.body.lock().unwrap().workspaces.insert(workspace.to_string(), entry);
+        self.write_behind();
+    }
+
+    /// Has the writer thread write the current body soon.
+    fn write_behind(&self) {
+        // Full: a write is pending, and it takes this change too.
+        let _ = self.changed.try_send(());
     }
 
     /// Records a sampled tree; writes only when it changed.
@@ -96,7 +123,8 @@ impl RuntimeFile {
         let mut body = self.body.lock().unwrap();
         if let Some(entry) = body.workspaces.get_mut(workspace).filter(|e| e.tree != tree) {
             entry.tree = tree;
-            self.persist(&body);
+            drop(body);
+            self.write_behind();
         }
     }
 
@@ -106,9 +134,9 @@ impl RuntimeFile {
     }
 
     pub fn remove(&self, workspace: &str) {
-        let mut body = self.body.lock().unwrap();
-        if body.workspaces.remove(workspace).is_some() {
-            self.persist(&body);
+        let removed = self.body.lock().unwrap().workspaces.remove(workspace).is_some();
+        if removed {
+            self.write_behind();
         }
     }
 
@@ -204,4 +232,41 @@ fn group_members<'a>(table: &'a ProcTable, entry: &'a RuntimeEntry) -> impl Iter
         .iter()
         .copied()
         .filter(move |pid| !reused && table.procs.get(pid).is_some_and(|p| p.start_time >= entry.start_time))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn on_disk(dir: &Path) -> Value {
+        serde_json::from_slice(&std::fs::read(dir.join("runtime.json")).unwrap()).unwrap()
+    }
+
+    /// Waits (up to 5 s) until the file on disk passes `test`.
+    fn until(dir: &Path, test: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..500 {
+            let body = on_disk(dir);
+            if test(&body) {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("runtime.json never got there: {}", on_disk(dir));
+    }
+
+    #[test]
+    fn the_cgroups_are_on_disk_at_once_and_every_change_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeFile::new(dir.path(), vec![PathBuf::from("/sys/fs/cgroup/x")], Default::default());
+        assert_eq!(on_disk(dir.path())["cgroups"], serde_json::json!(["/sys/fs/cgroup/x"]));
+        let entry = |port| RuntimeEntry { pid: 42, pgid: 42, start_time: 7, port, tree: vec![] };
+        // A burst: the last state lands, whatever was written between.
+        for port in 1..=50 {
+            runtime.set("a", entry(port));
+        }
+        until(dir.path(), |body| body["workspaces"]["a"]["port"] == 50);
+        runtime.remove("a");
+        until(dir.path(), |body| body["workspaces"].as_object().is_some_and(|w| w.is_empty()));
+    }
 }
