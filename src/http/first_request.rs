@@ -10,16 +10,20 @@
 //! (`/api/events`, `/api/workspaces/{name}/events`) goes through the router
 //! as usual, and its response is written here, chunked, with
 //! `Connection: close`, while the socket is watched only for the client
-//! closing it. Every other request, and anything this reader does not fully
+//! closing it. Frames that are already waiting when one is written (a
+//! `stopping` and its `stopped`, reached late by a busy daemon) go out in
+//! the same write. Every other request, and anything this reader does not fully
 //! understand, is handed to hyper with the bytes already read in front
 //! (see `server.rs`'s `Watched`), exactly as if it had read them itself.
 
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, Response, Version};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use http_body::Frame;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,6 +33,10 @@ use tokio::net::TcpStream;
 const PEEK_LIMIT: usize = 16 << 10;
 /// Most headers the first request may have here; more go to hyper.
 const MAX_HEADERS: usize = 64;
+/// Most frames of a stream written together.
+const MAX_BATCH: usize = 16;
+/// Room for a chunk's size line: 16 hex digits and CRLF.
+const CHUNK_HEAD: usize = 18;
 
 /// What reading the first request gave.
 pub enum First {
@@ -134,7 +142,9 @@ pub async fn serve_stream(mut stream: TcpStream, response: Response<Body>) {
     }
     drop(head);
     let mut probe = [0u8; 64];
-    loop {
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut ended = false;
+    while !ended {
         let frame = tokio::select! {
             frame = body.frame() => frame,
             // Whatever the client sends now is not read: only its close matters.
@@ -143,18 +153,21 @@ pub async fn serve_stream(mut stream: TcpStream, response: Response<Body>) {
                 Ok(_) => continue,
             },
         };
-        let Some(Ok(frame)) = frame else { break };
-        let Ok(data) = frame.into_data() else { continue };
-        if data.is_empty() {
+        ended = take_data(frame, &mut frames);
+        // Frames already waiting (a `stopping` then `stopped` that a busy
+        // daemon reaches late) go out in the same write: one system call,
+        // one TCP segment, one wake-up of the reader.
+        while !ended && frames.len() < MAX_BATCH {
+            let Some(frame) = body.frame().now_or_never() else { break };
+            ended = take_data(frame, &mut frames);
+        }
+        if frames.is_empty() {
             continue;
         }
-        let written = match exact {
-            Some(_) => writer.write_all(&data).await,
-            None => write_chunk(&mut writer, &data).await,
-        };
-        if written.is_err() {
+        if write_frames(&mut writer, &frames, exact.is_none()).await.is_err() {
             return;
         }
+        frames.clear();
     }
     if exact.is_none() {
         let _ = writer.write_all(b"0\r\n\r\n").await;
@@ -162,20 +175,55 @@ pub async fn serve_stream(mut stream: TcpStream, response: Response<Body>) {
     let _ = writer.shutdown().await;
 }
 
-/// One chunk of a chunked body, in one write where the socket takes it.
-async fn write_chunk(writer: &mut (impl AsyncWrite + Unpin), data: &[u8]) -> std::io::Result<()> {
-    let size = format!("{:x}\r\n", data.len());
-    let parts = [size.as_bytes(), data, b"\r\n"];
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1]), IoSlice::new(parts[2])];
+/// Adds the data of `frame` (a body's next frame) to `frames`; whether the
+/// body has ended (or failed).
+fn take_data(frame: Option<Result<Frame<Bytes>, axum::Error>>, frames: &mut Vec<Bytes>) -> bool {
+    match frame {
+        Some(Ok(frame)) => {
+            if let Ok(data) = frame.into_data() {
+                if !data.is_empty() {
+                    frames.push(data);
+                }
+            }
+            false
+        }
+        None | Some(Err(_)) => true,
+    }
+}
+
+/// Writes `frames` in one write where the socket takes it: each as a chunk
+/// of a chunked body, or as is.
+///
+/// The size lines and slices are on the heap: held across the write, arrays
+/// would grow every open stream's task by their size for its whole life.
+async fn write_frames(writer: &mut (impl AsyncWrite + Unpin), frames: &[Bytes], chunked: bool) -> std::io::Result<()> {
+    let mut heads = Vec::with_capacity(if chunked { frames.len() * CHUNK_HEAD } else { 0 });
+    if chunked {
+        for frame in frames {
+            write!(heads, "{:x}\r\n", frame.len())?;
+        }
+    }
+    let mut slices = Vec::with_capacity(frames.len() * 3);
+    let mut rest_of_heads = &heads[..];
+    for frame in frames {
+        if chunked {
+            let line = rest_of_heads.iter().position(|b| *b == b'\n').map_or(rest_of_heads.len(), |i| i + 1);
+            let (head, rest) = rest_of_heads.split_at(line);
+            rest_of_heads = rest;
+            slices.extend([IoSlice::new(head), IoSlice::new(frame), IoSlice::new(b"\r\n")]);
+        } else {
+            slices.push(IoSlice::new(frame));
+        }
+    }
+    let total: usize = slices.iter().map(|s| s.len()).sum();
     let written = writer.write_vectored(&slices).await?;
     if written == total {
         return Ok(());
     }
     // A short write: the rest, byte-exact, the slow way.
-    let mut rest = Vec::with_capacity(total - written);
-    for part in parts {
-        rest.extend_from_slice(part);
+    let mut rest = Vec::with_capacity(total);
+    for slice in &slices {
+        rest.extend_from_slice(slice);
     }
     writer.write_all(&rest[written..]).await
 }
@@ -203,5 +251,96 @@ mod tests {
         assert!(parse("GET /api/events HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").is_none());
         let request = parse("GET /api/events HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 7\r\n\r\n").unwrap();
         assert_eq!(request.headers()["last-event-id"], "7");
+    }
+
+    /// Records each write it is given, and takes at most `limit` bytes of each.
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        limit: usize,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            let n = buf.len().min(this.limit);
+            this.writes.push(buf[..n].to_vec());
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &joined)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frames() -> Vec<Bytes> {
+        vec![Bytes::from_static(b"id: 1\ndata: a\n\n"), Bytes::from_static(b"id: 2\ndata: bc\n\n")]
+    }
+
+    #[tokio::test]
+    async fn waiting_frames_go_out_in_one_write_as_chunks() {
+        let mut recorder = Recorder { writes: vec![], limit: usize::MAX };
+        write_frames(&mut recorder, &frames(), true).await.unwrap();
+        assert_eq!(recorder.writes, [b"f\r\nid: 1\ndata: a\n\n\r\n10\r\nid: 2\ndata: bc\n\n\r\n".to_vec()]);
+        let mut recorder = Recorder { writes: vec![], limit: usize::MAX };
+        write_frames(&mut recorder, &frames(), false).await.unwrap();
+        assert_eq!(recorder.writes, [b"id: 1\ndata: a\n\nid: 2\ndata: bc\n\n".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn a_short_write_is_finished_byte_exact() {
+        let mut recorder = Recorder { writes: vec![], limit: 7 };
+        write_frames(&mut recorder, &frames(), true).await.unwrap();
+        assert_eq!(recorder.writes.concat(), b"f\r\nid: 1\ndata: a\n\n\r\n10\r\nid: 2\ndata: bc\n\n\r\n");
+    }
+
+    /// Frames ready at once, then a stream that stays open: the client reads
+    /// the head and every frame as chunks, in order.
+    #[tokio::test]
+    async fn a_stream_is_written_chunked_frame_by_frame() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let ready = futures::stream::iter(frames().into_iter().map(Ok::<_, std::convert::Infallible>));
+        let body = Body::from_stream(futures::StreamExt::chain(ready, futures::stream::pending()));
+        let serving = tokio::spawn(serve_stream(server, Response::new(body)));
+        let want = "transfer-encoding: chunked\r\nconnection: close\r\n\r\nf\r\nid: 1\ndata: a\n\n\r\n10\r\nid: 2\ndata: bc\n\n\r\n";
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&got).ends_with(want) {
+            let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        // The client's close ends the stream.
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), serving).await.unwrap().unwrap();
     }
 }
