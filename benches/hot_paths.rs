@@ -43,6 +43,7 @@ fn record(name: &str, status: Status) -> WorkspaceRecord {
             applied_version: None,
             file_version: None,
             stdio: None,
+            client_sessions: Vec::new(),
         },
         pgid: Some(4242),
         desired_config_version: None,
@@ -74,6 +75,7 @@ fn rendering(c: &mut Criterion) {
     let bus = bus_with(1000);
     let sample = Arc::new(ResourceSample::default());
     let hubs = mcpvisor::bridge::Hubs::default();
+    let connections = mcpvisor::http::proxy::Connections::default();
     let snapshot = bus.view().load_full();
     c.bench_function("status list from scratch, serde (1,000 workspaces)", |b| {
         b.iter(|| {
@@ -85,14 +87,14 @@ fn rendering(c: &mut Criterion) {
     c.bench_function("status list, new listing (1,000 pieces rendered)", |b| {
         b.iter_batched(
             Listing::default,
-            |listing| black_box(listing.get(&snapshot, &sample, &hubs).full()),
+            |listing| black_box(listing.get(&snapshot, &sample, &hubs, &connections).full()),
             BatchSize::SmallInput,
         )
     });
     let listing = Listing::default();
-    listing.get(&snapshot, &sample, &hubs).full();
+    listing.get(&snapshot, &sample, &hubs, &connections).full();
     c.bench_function("status list, shared (same snapshot)", |b| {
-        b.iter(|| black_box(listing.get(&snapshot, &sample, &hubs).full().body.len()))
+        b.iter(|| black_box(listing.get(&snapshot, &sample, &hubs, &connections).full().body.len()))
     });
     c.bench_function("status list after one change (999 pieces kept)", |b| {
         b.iter_batched(
@@ -100,7 +102,7 @@ fn rendering(c: &mut Criterion) {
                 bus.update(record("w0001", Status::Error));
                 bus.view().load_full()
             },
-            |changed| black_box(listing.get(&changed, &sample, &hubs).full()),
+            |changed| black_box(listing.get(&changed, &sample, &hubs, &connections).full()),
             BatchSize::SmallInput,
         )
     });
