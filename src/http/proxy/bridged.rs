@@ -34,7 +34,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::connections::{Exchange, Registration};
-use super::continuity::{Replay, MAX_REPLAYED_INITIALIZE};
+use super::continuity::{carry_refused, Replay};
 use super::jsonrpc::{self, Peeked, SERVER_ERROR};
 use super::relay::sleep_until;
 use super::{body, peer, Proxy, ProxyError, Run};
@@ -85,12 +85,7 @@ impl ClientSession {
         if !self.carryable {
             return;
         }
-        let mut replay = self.replay.lock().unwrap();
-        match replay.as_mut() {
-            Some(replay) => replay.observe(bytes),
-            None if replayable(bytes, peeked) => *replay = Some(Replay::new(bytes.clone())),
-            None => {}
-        }
+        Replay::follow(&mut self.replay.lock().unwrap(), bytes, peeked);
     }
 }
 
@@ -152,11 +147,6 @@ impl Sessions {
     fn remove(&self, id: &str) -> Option<Arc<ClientSession>> {
         self.table.lock().unwrap().remove(id)
     }
-}
-
-/// Whether `bytes` is one `initialize` small enough to replay.
-fn replayable(bytes: &Bytes, peeked: &Peeked) -> bool {
-    !peeked.batch && bytes.len() <= MAX_REPLAYED_INITIALIZE && peeked.requests.iter().any(|r| r.method == "initialize")
 }
 
 /// Whether `session` ended for good: closed, and not to be carried over to
@@ -226,18 +216,10 @@ async fn carry_over(state: &AppState, name: &str, session: &ClientSession, run: 
     let upstream: Arc<dyn Upstream> = Arc::from(open_upstream(state, name, run).await?);
     let messages = session.replay.lock().unwrap().as_ref().map(Replay::messages).unwrap_or_default();
     let (sink, mut outbox) = upstream.channel();
-    let refused = |detail: String| {
-        ProxyError::new(
-            StatusCode::BAD_GATEWAY,
-            SERVER_ERROR,
-            format!("carrying the session over to the new child: {detail}"),
-            None,
-        )
-    };
     for message in messages {
-        let value: Value = serde_json::from_slice(&message).map_err(|e| refused(e.to_string()))?;
+        let value: Value = serde_json::from_slice(&message).map_err(|e| carry_refused(e.to_string()))?;
         let waits = value.get("id").is_some();
-        upstream.send(value, &sink).map_err(|e| refused(e.to_string()))?;
+        upstream.send(value, &sink).map_err(|e| carry_refused(e.to_string()))?;
         if waits {
             // The answer, and whatever the child says before it, stay here.
             let answered = async {
@@ -246,9 +228,9 @@ async fn carry_over(state: &AppState, name: &str, session: &ClientSession, run: 
                         return Ok(());
                     }
                 }
-                Err(refused("the session closed".into()))
+                Err(carry_refused("the session closed"))
             };
-            tokio::time::timeout(REPLAY_TIMEOUT, answered).await.map_err(|_| refused("no answer in time".into()))??;
+            tokio::time::timeout(REPLAY_TIMEOUT, answered).await.map_err(|_| carry_refused("no answer in time"))??;
         }
     }
     // A legacy session's one stream takes what the new child says too.

@@ -136,6 +136,23 @@ impl Replay {
         out
     }
 
+    /// Notes what a client's message `bytes` (`peeked`) tell a new child in
+    /// `replay`: one `initialize` of at most [`MAX_REPLAYED_INITIALIZE`]
+    /// starts it (a legacy session sends it after its stream opened), the
+    /// rest is observed.
+    pub fn follow(replay: &mut Option<Replay>, bytes: &Bytes, peeked: &super::jsonrpc::Peeked) {
+        match replay {
+            Some(replay) => replay.observe(bytes),
+            None if !peeked.batch
+                && bytes.len() <= MAX_REPLAYED_INITIALIZE
+                && peeked.requests.iter().any(|r| r.method == "initialize") =>
+            {
+                *replay = Some(Replay::new(bytes.clone()))
+            }
+            None => {}
+        }
+    }
+
     /// Bytes kept at most, for the session table's bound: the `initialize`
     /// and room for the subscriptions of a typical client.
     pub fn cost(&self) -> usize {
@@ -323,11 +340,17 @@ fn answer_json(body: &[u8]) -> Option<Value> {
 }
 
 fn replay_error(child: &HeaderValue, detail: &str) -> ProxyError {
-    let child = child.to_str().unwrap_or("the child");
+    carry_refused(format!("{} refused: {detail}", child.to_str().unwrap_or("the child's session")))
+}
+
+/// The error for a session the new child did not take: HTTP 502 with
+/// -32000 (docs/reference.md §11); the session stays, and its next use
+/// tries again.
+pub fn carry_refused(detail: impl std::fmt::Display) -> ProxyError {
     ProxyError::new(
         StatusCode::BAD_GATEWAY,
         super::jsonrpc::SERVER_ERROR,
-        format!("carrying the session over to the new child at {child}: {detail}"),
+        format!("carrying the session over to the new child: {detail}"),
         None,
     )
 }

@@ -39,7 +39,7 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::connections::{Exchange, Registration};
-use super::continuity::{Replay, MAX_REPLAYED_INITIALIZE};
+use super::continuity::{carry_refused, Replay};
 use super::jsonrpc::{self, Peeked};
 use super::relay::{error_events, note_answer};
 use super::{body, cause, headers, peer, Proxy, ProxyError, Run};
@@ -69,17 +69,7 @@ struct LegacySession {
 impl LegacySession {
     /// Notes what the client's message `bytes` tell a new child.
     fn observe(&self, bytes: &Bytes, peeked: &Peeked) {
-        let mut replay = self.replay.lock().unwrap();
-        match replay.as_mut() {
-            Some(replay) => replay.observe(bytes),
-            None if !peeked.batch
-                && bytes.len() <= MAX_REPLAYED_INITIALIZE
-                && peeked.requests.iter().any(|r| r.method == "initialize") =>
-            {
-                *replay = Some(Replay::new(bytes.clone()))
-            }
-            None => {}
-        }
+        Replay::follow(&mut self.replay.lock().unwrap(), bytes, peeked);
     }
 
     /// The messages that re-establish the session, when it can be carried.
@@ -525,21 +515,13 @@ async fn reopen(
 ) -> Result<Reopened, ProxyError> {
     proxy.past(&old).await;
     let run = proxy.running(&name, "sse", STREAM_HOLD).await?;
-    let refused = |detail: String| {
-        ProxyError::new(
-            StatusCode::BAD_GATEWAY,
-            jsonrpc::SERVER_ERROR,
-            format!("carrying the session over to the new child: {detail}"),
-            None,
-        )
-    };
-    let uri = run.upstream.endpoint(None).map_err(|e| refused(e.to_string()))?;
+    let uri = run.upstream.endpoint(None).map_err(|e| carry_refused(e.to_string()))?;
     let mut request = axum::http::Request::new(Body::empty());
     *request.uri_mut() = uri;
     *request.headers_mut() = headers::upstream(&client, &run.upstream.host, token);
-    let response = proxy.client.request(request).await.map_err(|e| refused(cause(&e)))?;
+    let response = proxy.client.request(request).await.map_err(|e| carry_refused(cause(&e)))?;
     if !response.status().is_success() || !headers::is_event_stream(response.headers()) {
-        return Err(refused(format!("its event stream answered HTTP {}", response.status())));
+        return Err(carry_refused(format!("its event stream answered HTTP {}", response.status())));
     }
     let mut stream = ChildStream { upstream: response.into_body(), parser: Parser::default(), queue: VecDeque::new() };
     let mut early = Vec::new();
@@ -559,8 +541,8 @@ async fn reopen(
         }
     })
     .await
-    .map_err(|_| refused("it named no endpoint in time".into()))?
-    .map_err(refused)?;
+    .map_err(|_| carry_refused("it named no endpoint in time"))?
+    .map_err(carry_refused)?;
     for message in replay {
         let id = serde_json::from_slice::<serde_json::Value>(&message).ok().and_then(|v| v.get("id").cloned());
         let mut post = axum::http::Request::new(Body::from(message));
@@ -568,25 +550,25 @@ async fn reopen(
         *post.uri_mut() = run.upstream.at(target.clone());
         post.headers_mut().insert(axum::http::header::HOST, run.upstream.host.clone());
         post.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let posted = proxy.client.request(post).await.map_err(|e| refused(cause(&e)))?;
+        let posted = proxy.client.request(post).await.map_err(|e| carry_refused(cause(&e)))?;
         if !posted.status().is_success() {
-            return Err(refused(format!("it refused a replayed message: HTTP {}", posted.status())));
+            return Err(carry_refused(format!("it refused a replayed message: HTTP {}", posted.status())));
         }
         let Some(id) = id else { continue };
-        let id: rmcp::model::RequestId = serde_json::from_value(id).map_err(|e| refused(e.to_string()))?;
+        let id: rmcp::model::RequestId = serde_json::from_value(id).map_err(|e| carry_refused(e.to_string()))?;
         // The answer, and whatever the child says before it, stay here.
         tokio::time::timeout(REPLAY_TIMEOUT, async {
             loop {
                 let event = stream.next().await?;
                 if event.event == "message" && jsonrpc::response_id(event.data.as_bytes()).as_ref() == Some(&id) {
-                    return Ok(());
+                    return Ok::<(), String>(());
                 }
                 early.push(event);
             }
         })
         .await
-        .map_err(|_| refused("no answer to a replayed request in time".into()))?
-        .map_err(refused)?;
+        .map_err(|_| carry_refused("no answer to a replayed request in time"))?
+        .map_err(carry_refused)?;
     }
     early.extend(stream.queue);
     Ok(Reopened { run, upstream: stream.upstream, parser: stream.parser, target, early })
