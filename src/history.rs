@@ -328,6 +328,11 @@ fn git(dir: &Path) -> tokio::process::Command {
         .env_remove("GIT_OBJECT_DIRECTORY")
         .env_remove("GIT_COMMON_DIR")
         .args(["-c", "user.name=mcpvisor", "-c", "user.email=mcpvisor@localhost", "-c", "commit.gpgsign=false"])
+        // `git commit` starts auto maintenance, which by default (git 2.47+)
+        // detaches: the detached process is reparented to mcpvisor, the
+        // children's subreaper, and would stay a zombie no one collects.
+        // In the foreground it is this command's own work.
+        .args(["-c", "maintenance.autoDetach=false", "-c", "gc.autoDetach=false"])
         .current_dir(dir)
         .stdin(Stdio::null())
         .kill_on_drop(true);

@@ -262,6 +262,38 @@ fn zombies_in(groups: &[u64]) -> Vec<u64> {
         .collect()
 }
 
+/// Config history commits with `git`, whose auto maintenance detaches by
+/// default: the detached process is reparented to the daemon (the
+/// subreaper) and must not stay its zombie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_history_leaves_no_zombie_in_the_daemon() {
+    let daemon = Daemon::spawn_process(&[("kept", demo())], &[]).await;
+    let pid = daemon.pid().unwrap() as i32;
+    daemon.wait_status("kept", "running", UP).await;
+    for generation in 1..=3 {
+        let mut config = demo();
+        config["env"] = json!({ "GENERATION": generation.to_string() });
+        daemon.write("kept", &config);
+        let commits = generation + 1;
+        eventually(format!("{commits} history entries"), UP, || async {
+            let (_, body) = daemon.get("/api/workspaces/kept/history").await;
+            let entries = body["history"].as_array().map_or(0, Vec::len);
+            if entries >= commits { Ok(()) } else { Err(body.to_string()) }
+        })
+        .await;
+    }
+    let zombies = || {
+        mcpvisor::process::tree::children(pid)
+            .into_iter()
+            .filter_map(mcpvisor::process::tree::proc_info)
+            .filter(|p| p.zombie)
+            .map(|p| p.pid)
+            .collect::<Vec<_>>()
+    };
+    eventually_value("zombies of the daemon", Duration::from_secs(5), zombies, Vec::is_empty).await;
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspace_reports_its_isolation_and_its_child_is_in_its_cgroup() {
     let daemon = Daemon::start(&[("boxed", demo())]).await;

@@ -226,6 +226,14 @@ impl Daemon {
         self._dir.take()
     }
 
+    /// The pid of the daemon when it runs as a child process of the test.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.run {
+            Run::Process(child) => Some(child.id()),
+            Run::InProcess { .. } => None,
+        }
+    }
+
     pub fn write(&self, name: &str, body: &Value) {
         write_file(&self.workspaces().join(format!("{name}.json")), body);
     }
