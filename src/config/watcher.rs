@@ -1,14 +1,17 @@
 //! Watches the workspaces folder and says "something changed" (docs/reference.md §1).
 //!
-//! notify's debounced events (about 200 ms) are bridged into tokio with a
-//! bounded channel and `try_send`: a full channel already holds a pending
-//! rescan, so nothing is lost by dropping. The manager rereads the whole
-//! folder on each signal, which makes renames, atomic saves and bursts all
-//! the same case. Only changes count (create, write, rename, remove, metadata):
-//! opening, reading and closing a file unwritten are not, since the manager's
-//! own reads make those and would trigger a scan after every scan. The parent
-//! folder is watched too, so a removed and recreated workspaces folder is
-//! noticed and watched again.
+//! notify's events are bridged into tokio with a bounded channel and
+//! `try_send`: a full channel already holds a pending rescan, so nothing is
+//! lost by dropping. A task lets them settle (200 ms without one, at most
+//! 1 s) before it signals; nothing wakes while the folder is quiet (a
+//! ticking debouncer thread would, 20 times a second, for the daemon's
+//! whole life). The manager rereads the whole folder on each signal, which
+//! makes renames, atomic saves and bursts all the same case. Only changes
+//! count (create, write, rename, remove, metadata): opening, reading and
+//! closing a file unwritten are not, since the manager's own reads make
+//! those and would trigger a scan after every scan. The parent folder is
+//! watched too, so a removed and recreated workspaces folder is noticed and
+//! watched again.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,17 +19,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
-use notify::RecursiveMode;
-use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-/// How long events settle before a rescan.
+/// How long events must pause before a rescan.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// The longest a stream of events defers its rescan.
+const SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// The folder watcher; drop it to stop watching.
 pub struct ConfigWatcher {
     dir: PathBuf,
-    debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    watcher: RecommendedWatcher,
     /// (device, inode) of the folder we watch, to notice a recreated folder.
     watched: Option<(u64, u64)>,
     error: Arc<RwLock<Option<String>>>,
@@ -35,6 +40,7 @@ pub struct ConfigWatcher {
 impl ConfigWatcher {
     /// Starts watching `dir`; each settled change sends `()` on `changes`.
     /// Watcher errors (an inotify limit, say) are logged and kept in `error`.
+    /// Runs a task on the current tokio runtime until the watcher is dropped.
     ///
     /// # Errors
     /// The platform watcher could not be created.
@@ -45,24 +51,24 @@ impl ConfigWatcher {
     ) -> notify::Result<ConfigWatcher> {
         let inside = dir.to_path_buf();
         let errors = error.clone();
-        let debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| match result {
-            Ok(events) => {
-                let relevant =
-                    events.iter().any(|e| is_change(&e.kind) && e.paths.iter().any(|p| p.starts_with(&inside)));
-                if relevant {
-                    let _ = changes.try_send(());
+        let (events, raw) = mpsc::channel(1);
+        let watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+            let relevant = match result {
+                Ok(event) => is_change(&event.kind) && event.paths.iter().any(|p| p.starts_with(&inside)),
+                Err(e) => {
+                    tracing::error!("watching workspaces folder: {e}; relying on periodic rescans");
+                    *errors.write().unwrap() = Some(e.to_string());
+                    true
                 }
-            }
-            Err(failures) => {
-                let message = failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
-                tracing::error!("watching workspaces folder: {message}; relying on periodic rescans");
-                *errors.write().unwrap() = Some(message);
-                let _ = changes.try_send(());
+            };
+            if relevant {
+                let _ = events.try_send(());
             }
         })?;
-        let mut watcher = ConfigWatcher { dir: dir.to_path_buf(), debouncer, watched: None, error };
+        tokio::spawn(settle(raw, changes));
+        let mut watcher = ConfigWatcher { dir: dir.to_path_buf(), watcher, watched: None, error };
         if let Some(parent) = dir.parent().filter(|p| p.exists()) {
-            if let Err(e) = watcher.debouncer.watch(parent, RecursiveMode::NonRecursive) {
+            if let Err(e) = watcher.watcher.watch(parent, RecursiveMode::NonRecursive) {
                 watcher.set_error(format!("watching {parent:?}: {e}"));
             }
         }
@@ -76,10 +82,10 @@ impl ConfigWatcher {
         if id == self.watched {
             return;
         }
-        let _ = self.debouncer.unwatch(&self.dir);
+        let _ = self.watcher.unwatch(&self.dir);
         self.watched = None;
         if id.is_some() {
-            match self.debouncer.watch(&self.dir, RecursiveMode::NonRecursive) {
+            match self.watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
                 Ok(()) => {
                     self.watched = id;
                     *self.error.write().unwrap() = None;
@@ -92,6 +98,16 @@ impl ConfigWatcher {
     fn set_error(&self, message: String) {
         tracing::error!("{message}; relying on periodic rescans");
         *self.error.write().unwrap() = Some(message);
+    }
+}
+
+/// Signals `changes` once the events on `raw` pause for [`DEBOUNCE`], or
+/// [`SETTLE_MAX`] after the first; ends when the watcher is dropped.
+async fn settle(mut raw: mpsc::Receiver<()>, changes: mpsc::Sender<()>) {
+    while raw.recv().await.is_some() {
+        let latest = Instant::now() + SETTLE_MAX;
+        while let Ok(Some(())) = tokio::time::timeout_at((Instant::now() + DEBOUNCE).min(latest), raw.recv()).await {}
+        let _ = changes.try_send(());
     }
 }
 
@@ -132,6 +148,38 @@ mod tests {
         assert!(!next_change(&mut changes, DEBOUNCE * 4).await, "reading the folder was taken for a change");
         std::fs::write(dir.join("Bad.json"), "{ }").unwrap();
         assert!(next_change(&mut changes, Duration::from_secs(10)).await, "a write was missed");
+    }
+
+    /// A burst of events is one rescan, once they pause; a stream that
+    /// never pauses still gets one each [`SETTLE_MAX`].
+    #[tokio::test(start_paused = true)]
+    async fn events_settle_before_a_rescan() {
+        let (events, raw) = mpsc::channel(1);
+        let (signals, mut changes) = mpsc::channel(16);
+        tokio::spawn(settle(raw, signals));
+        let step = Duration::from_millis(100);
+        for _ in 0..5 {
+            let _ = events.try_send(());
+            tokio::time::sleep(step).await;
+        }
+        assert!(changes.try_recv().is_err(), "signalled before the events paused");
+        tokio::time::sleep(DEBOUNCE).await;
+        assert!(changes.try_recv().is_ok(), "no signal once they paused");
+        assert!(changes.try_recv().is_err(), "one burst, one signal");
+
+        for _ in 0..30 {
+            let _ = events.try_send(());
+            tokio::time::sleep(step).await;
+        }
+        let mut during = 0;
+        while changes.try_recv().is_ok() {
+            during += 1;
+        }
+        assert_eq!(during, 2, "3 s of events 100 ms apart: a rescan at 1 s and at 2 s");
+        drop(events);
+        tokio::time::sleep(DEBOUNCE).await;
+        assert_eq!(changes.recv().await, Some(()), "the last events");
+        assert_eq!(changes.recv().await, None, "the task ends with the watcher");
     }
 
     #[test]
