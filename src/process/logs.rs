@@ -19,6 +19,8 @@ const ROTATE_BYTES: u64 = 10 << 20;
 const KEEP_FILES: usize = 3;
 /// Longer lines are cut to this many bytes.
 const MAX_LINE_BYTES: usize = 16 << 10;
+/// The read buffer of each output pump (two per child).
+const PUMP_BUFFER_BYTES: usize = 1 << 10;
 
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,6 +46,10 @@ struct Inner {
     /// Lines pushed so far; each tail entry carries its number.
     pushed: u64,
     tail: VecDeque<(u64, LogLine)>,
+    /// Live followers' channel, made by the first [`LogSink::follow`] and
+    /// dropped once no one follows: its 256 slots cost about 18 KiB, too
+    /// much to keep for every workspace that nobody watches.
+    follow: Option<broadcast::Sender<LogLine>>,
 }
 
 /// Where a workspace's child output goes; cheap to clone.
@@ -53,7 +59,6 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct LogSink {
     inner: Arc<Mutex<Inner>>,
-    follow: broadcast::Sender<LogLine>,
 }
 
 impl LogSink {
@@ -67,10 +72,15 @@ impl LogSink {
         }
         let file = file.ok();
         let size = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
-        let (follow, _) = broadcast::channel(256);
         LogSink {
-            inner: Arc::new(Mutex::new(Inner { path, file, size, pushed: 0, tail: VecDeque::with_capacity(64) })),
-            follow,
+            inner: Arc::new(Mutex::new(Inner {
+                path,
+                file,
+                size,
+                pushed: 0,
+                tail: VecDeque::new(),
+                follow: None,
+            })),
         }
     }
 
@@ -99,9 +109,12 @@ impl LogSink {
         }
         inner.pushed += 1;
         let n = inner.pushed;
-        inner.tail.push_back((n, line.clone()));
-        drop(inner);
-        let _ = self.follow.send(line);
+        if let Some(follow) = inner.follow.take() {
+            if follow.send(line.clone()).is_ok() {
+                inner.follow = Some(follow);
+            }
+        }
+        inner.tail.push_back((n, line));
     }
 
     /// The last `n` lines, oldest first.
@@ -134,28 +147,45 @@ impl LogSink {
 
     /// Lines pushed from now on.
     pub fn follow(&self) -> broadcast::Receiver<LogLine> {
-        self.follow.subscribe()
+        let mut inner = self.inner.lock().unwrap();
+        inner.follow.get_or_insert_with(|| broadcast::channel(256).0).subscribe()
     }
 
     /// Copies `reader` into the sink line by line until EOF.
     ///
-    /// Bytes that are not UTF-8 are replaced; lines over 16 KiB are cut.
+    /// Bytes that are not UTF-8 are replaced; lines over 16 KiB are cut, and
+    /// the rest of such a line is read past, never held: a child that
+    /// writes without a newline cannot grow the daemon. Reads go through a
+    /// 1 KiB buffer, the memory a quiet child's pump holds while it waits.
     pub async fn pump(self, reader: impl AsyncRead + Unpin, stream: Stream) {
-        let mut reader = BufReader::new(reader);
-        let mut buf = Vec::new();
+        let mut reader = BufReader::with_capacity(PUMP_BUFFER_BYTES, reader);
+        let mut line = Vec::new();
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        buf.pop();
-                    }
-                    buf.truncate(MAX_LINE_BYTES);
-                    self.push(stream, String::from_utf8_lossy(&buf).into_owned());
-                }
+            let chunk = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => chunk,
+            };
+            let newline = chunk.iter().position(|b| *b == b'\n');
+            let part = &chunk[..newline.unwrap_or(chunk.len())];
+            line.extend_from_slice(&part[..part.len().min(MAX_LINE_BYTES - line.len())]);
+            let used = newline.map_or(chunk.len(), |at| at + 1);
+            reader.consume(used);
+            if newline.is_some() {
+                self.push_line(stream, &mut line);
             }
         }
+        if !line.is_empty() {
+            self.push_line(stream, &mut line);
+        }
+    }
+
+    /// Pushes the bytes of one line (without its `\r`) and empties `line`.
+    fn push_line(&self, stream: Stream, line: &mut Vec<u8>) {
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        self.push(stream, String::from_utf8_lossy(line).into_owned());
+        line.clear();
     }
 }
 
@@ -199,5 +229,40 @@ mod tests {
         let mark = sink.mark();
         assert!(sink.stderr_tail(mark, 5).is_empty());
         assert_eq!(sink.tail(2).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pump_cuts_long_lines_and_keeps_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LogSink::open(dir.path(), "w");
+        let mut output = vec![b'x'; 100 << 10];
+        output.extend_from_slice(b"\r\nnext\r\n\nlast without newline");
+        sink.clone().pump(&output[..], Stream::Stdout).await;
+        let lines: Vec<String> = sink.tail(10).into_iter().map(|l| l.line).collect();
+        assert_eq!(lines.len(), 4, "{:?}", lines.iter().map(String::len).collect::<Vec<_>>());
+        assert_eq!(lines[0], "x".repeat(MAX_LINE_BYTES));
+        assert_eq!(&lines[1..], ["next", "", "last without newline"]);
+    }
+
+    #[test]
+    fn followers_get_new_lines_and_the_channel_lives_only_while_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LogSink::open(dir.path(), "w");
+        sink.push(Stream::Stdout, "before".into());
+        assert!(sink.inner.lock().unwrap().follow.is_none(), "no channel until someone follows");
+        let (mut a, mut b) = (sink.follow(), sink.follow());
+        sink.push(Stream::Stderr, "after".into());
+        for follower in [&mut a, &mut b] {
+            let line = follower.try_recv().unwrap();
+            assert_eq!((line.stream, line.line.as_str()), (Stream::Stderr, "after"));
+            assert!(follower.try_recv().is_err(), "only lines pushed after following");
+        }
+        drop((a, b));
+        sink.push(Stream::Stdout, "unfollowed".into());
+        assert!(sink.inner.lock().unwrap().follow.is_none(), "dropped with its last follower");
+        let mut c = sink.follow();
+        sink.push(Stream::Stdout, "again".into());
+        assert_eq!(c.try_recv().unwrap().line, "again");
+        assert_eq!(sink.tail(10).len(), 4);
     }
 }
