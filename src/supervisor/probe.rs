@@ -67,6 +67,10 @@ pub async fn initialize(
     tokio::time::timeout(timeout, attempt).await.map_err(|_| ProbeError::Timeout(timeout))?
 }
 
+/// How long a probe's session may take to end after its answer: the rest of
+/// its stream, then its `DELETE`.
+const CLEANUP_WITHIN: Duration = Duration::from_secs(2);
+
 /// The longest pause between two readiness probes, by default.
 pub const READINESS_RETRY_MAX: Duration = Duration::from_millis(50);
 
@@ -214,9 +218,9 @@ async fn initialize_streamable(client: &reqwest::Client, url: &str) -> Result<()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let outcome = if is_sse {
+    let (outcome, rest) = if is_sse {
         let mut events = response.bytes_stream().eventsource();
-        loop {
+        let outcome = loop {
             match events.next().await {
                 Some(Ok(event)) => {
                     if let Some(result) = response_for_probe(&event.data) {
@@ -226,14 +230,30 @@ async fn initialize_streamable(client: &reqwest::Client, url: &str) -> Result<()
                 Some(Err(e)) => break Err(ProbeError::Protocol(e.to_string())),
                 None => break Err(ProbeError::Protocol("stream ended before the result".into())),
             }
-        }
+        };
+        (outcome, Some(events))
     } else {
         let body = response.bytes().await.map_err(|e| connect_error(url, e))?;
-        response_for_probe(&String::from_utf8_lossy(&body))
-            .unwrap_or_else(|| Err(ProbeError::Protocol("no JSON-RPC result".into())))
+        let outcome = response_for_probe(&String::from_utf8_lossy(&body))
+            .unwrap_or_else(|| Err(ProbeError::Protocol("no JSON-RPC result".into())));
+        (outcome, None)
     };
-    if let Some(session) = session {
-        let _ = client.delete(url).header("mcp-session-id", session).send().await;
+    // Off the probe's path: the end of the stream (the server closes it after
+    // the response, spec 2025-06-18 "Sending Messages to the Server"), then
+    // the session's DELETE on the same connection, idle by then. A DELETE
+    // sent while the stream was still open took a second connection, and the
+    // pool kept both: about 25 KiB of buffers per child.
+    if rest.is_some() || session.is_some() {
+        let (client, url) = (client.clone(), url.to_string());
+        tokio::spawn(async move {
+            if let Some(rest) = rest {
+                let _ = tokio::time::timeout(CLEANUP_WITHIN, rest.count()).await;
+            }
+            if let Some(session) = session {
+                let delete = client.delete(&url).header("mcp-session-id", session).timeout(CLEANUP_WITHIN);
+                let _ = delete.send().await;
+            }
+        });
     }
     outcome
 }
