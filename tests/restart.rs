@@ -74,6 +74,42 @@ async fn hung_child_goes_unhealthy_and_is_restarted() {
     daemon.stop().await;
 }
 
+/// Established TCP connections to 127.0.0.1:`port`, from /proc/net/tcp.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(2) == Some(&remote) && l.split_whitespace().nth(3) == Some("01"))
+        .count()
+}
+
+/// Liveness probes of a Streamable HTTP child reuse one pooled connection:
+/// the probe's session `DELETE` goes out once its stream has ended (before,
+/// it took a second connection and the pool kept both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_keep_one_connection_to_a_child() {
+    let mut ws = demo();
+    ws["health"] = json!({"interval": "200ms"});
+    let daemon = Daemon::start(&[("probed", ws)]).await;
+    let mut status = daemon.wait_status("probed", "running", UP).await;
+    let port = status["port"].as_u64().unwrap() as u16;
+    for _ in 0..4 {
+        let seen = status["lastHealthCheck"].clone();
+        status = daemon.wait_for("probed", UP, |s| s["lastHealthCheck"] != seen).await;
+    }
+    // A probe in flight may be counted once; between probes there is one.
+    eventually_value(
+        "one connection from the daemon to the child",
+        Duration::from_secs(3),
+        || connections_to(port),
+        |n| *n == 1,
+    )
+    .await;
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_trapping_leader_is_killed_at_grace() {
     let ws = json!({
