@@ -278,7 +278,11 @@ async fn config_history_leaves_no_zombie_in_the_daemon() {
         eventually(format!("{commits} history entries"), UP, || async {
             let (_, body) = daemon.get("/api/workspaces/kept/history").await;
             let entries = body["history"].as_array().map_or(0, Vec::len);
-            if entries >= commits { Ok(()) } else { Err(body.to_string()) }
+            if entries >= commits {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            }
         })
         .await;
     }

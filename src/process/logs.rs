@@ -73,14 +73,7 @@ impl LogSink {
         let file = file.ok();
         let size = file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
         LogSink {
-            inner: Arc::new(Mutex::new(Inner {
-                path,
-                file,
-                size,
-                pushed: 0,
-                tail: VecDeque::new(),
-                follow: None,
-            })),
+            inner: Arc::new(Mutex::new(Inner { path, file, size, pushed: 0, tail: VecDeque::new(), follow: None })),
         }
     }
 
