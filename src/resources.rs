@@ -60,7 +60,6 @@ pub async fn run_sampler(
                 continue;
             }
         }
-        let trees = census.trees();
         // /proc is read synchronously; keep that off the async workers.
         let (returned, sample, members) = tokio::task::spawn_blocking(move || {
             let measured: Vec<Tree> = trees
