@@ -76,7 +76,7 @@ async fn spawn_to_ready(
     isolated: bool,
     launcher: &LocalLauncher,
     ctx: &LaunchContext,
-    http: &reqwest::Client,
+    http: &mcpvisor::supervisor::probe::ProbeClient,
 ) -> Duration {
     let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}/mcp");
@@ -132,7 +132,7 @@ async fn main() {
     };
     let cgroups = mcpvisor::process::cgroup::Cgroups::setup(&ctx.state_dir).ok();
     let launcher = Arc::new(launcher_with(cgroups.clone()));
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = mcpvisor::supervisor::probe::probe_client();
     let (mut plain, mut isolated) = (Vec::new(), Vec::new());
     for _ in 0..20 {
         plain.push(spawn_to_ready(false, &launcher, &ctx, &http).await);
