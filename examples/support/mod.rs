@@ -22,10 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------- binary and report
 
-/// Where the release `mcpvisor` binary is: examples live in target/release/examples/.
+/// Where the release `mcpvisor` binary is: `target/release/mcpvisor`, beside
+/// the profile folder the examples live in (`target/bench-tools/examples/`
+/// for scripts/bench, `target/release/examples/` for `cargo run --release`).
 pub fn release_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target/release").join("mcpvisor")
+    let target = exe.parent().and_then(Path::parent).and_then(Path::parent).expect("target/<profile>/examples");
+    target.join("release").join("mcpvisor")
 }
 
 /// The release `mcpvisor` binary; panics when it has not been built.
@@ -37,7 +40,7 @@ pub fn mcpvisor_exe() -> PathBuf {
 
 /// The command line that rebuilds and reruns the example `bench`.
 pub fn reproduce(bench: &str) -> String {
-    format!("cargo build --release && cargo run --release --example {bench}")
+    format!("cargo build --release && cargo run --profile bench-tools --example {bench}")
 }
 
 /// The 1/5/15-minute load averages: the machine is shared, so say how busy it was.
