@@ -329,6 +329,13 @@ async fn main() {
     let supervisord = tokio::task::spawn_blocking(move || bench_supervisord(&e)).await.unwrap();
     let e = exe.clone();
     let pm2 = tokio::task::spawn_blocking(move || bench_pm2(&e)).await.unwrap();
+    // The aim is recovery within the child's own start + 3 ms: measured in the same run.
+    let e = exe.clone();
+    let alone: Vec<f64> = tokio::task::spawn_blocking(move || {
+        (0..KILLS).map(|_| support::own_start(|port| support::demo_alone(&e, port))).collect()
+    })
+    .await
+    .unwrap();
 
     println!();
     println!("kill -9 of the demo-server child -> a new child answers MCP initialize on the same port (1 ms poll)");
@@ -371,6 +378,12 @@ async fn main() {
             Err(e) => println!("  {name:<46} not measured: {e}"),
         }
     }
+    let (a, b, c, d) = summary(&alone);
+    println!(
+        "  {:<46} {:>7.2}ms {:>7.2}ms {:>7.2}ms {:>7.2}ms",
+        "the child alone, exec -> initialize (no kill)", a, b, c, d
+    );
+    println!("  mcpvisor's recovery minus the child's own start (medians): {:+.2} ms", mm - a);
     println!(
         "  mcpvisor workspace after {KILLS} crashes: restartCount {}, breaker.failureCount {}",
         m.restart_count, m.breaker_failures
