@@ -38,14 +38,22 @@ impl ProcInfo {
 }
 
 /// Reads `/proc/<pid>/stat`; `None` if the process is gone.
+///
+/// One open and one read: [`Process::new`] would open the process's folder
+/// first, and the sampler reads every member of every tree this way.
 pub fn proc_info(pid: i32) -> Option<ProcInfo> {
-    info_of(&Process::new(pid).ok()?)
+    use procfs::FromRead;
+    let stat = procfs::process::Stat::from_file(format!("/proc/{pid}/stat")).ok()?;
+    Some(info(pid, &stat))
 }
 
 fn info_of(process: &Process) -> Option<ProcInfo> {
-    let stat = process.stat().ok()?;
-    Some(ProcInfo {
-        pid: process.pid,
+    Some(info(process.pid, &process.stat().ok()?))
+}
+
+fn info(pid: i32, stat: &procfs::process::Stat) -> ProcInfo {
+    ProcInfo {
+        pid,
         ppid: stat.ppid,
         pgrp: stat.pgrp,
         session: stat.session,
@@ -53,7 +61,7 @@ fn info_of(process: &Process) -> Option<ProcInfo> {
         zombie: matches!(stat.state, 'Z' | 'X'),
         cpu_ticks: stat.utime + stat.stime,
         rss_pages: stat.rss,
-    })
+    }
 }
 
 /// The children of every thread of `pid`, from `/proc/<pid>/task/*/children`;
